@@ -1,0 +1,1 @@
+"""Hybrid MoE multimodal decoder (filled in by the decoder issue)."""

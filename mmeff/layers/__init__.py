@@ -1,0 +1,7 @@
+"""Reusable layers: embeddings, norms, feed-forwards (timm's where they fit), MoE."""
+from timm.layers import DropPath, GluMlp, LayerNorm, Mlp, RmsNorm, SwiGLU
+
+from .embed import PatchEmbed, resample_pos_embed
+
+__all__ = ["DropPath", "GluMlp", "LayerNorm", "Mlp", "RmsNorm", "SwiGLU", "PatchEmbed",
+           "resample_pos_embed"]

@@ -1,0 +1,8 @@
+"""Functional ops: each op's naive reference and fast forms, behind one signature per family.
+
+Drop-in for ``fla.ops`` and ``mamba_ssm`` (same argument names, layouts ``[B, T, H, D]`` and
+returns ``(o, final_state)``); :mod:`mmeff.ops._dispatch` says which implementation ran.
+"""
+from ._dispatch import dispatch, force_backend, implementations, last_backend
+
+__all__ = ["dispatch", "force_backend", "implementations", "last_backend"]

@@ -1,0 +1,1 @@
+"""2D/3D token orderings (filled in by the scans issue)."""
