@@ -1,0 +1,58 @@
+"""Benchmark harness and the ``mmeff`` command line."""
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from mmeff.bench import BenchConfig, format_table, make_rows, measure, peak_memory, write_json
+from mmeff.cli import main
+
+
+def test_measure_and_ratios():
+    fast = measure(lambda: time.sleep(0.001), "cpu", warmup=1, repeat=3)
+    slow = measure(lambda: time.sleep(0.05), "cpu", warmup=1, repeat=3)
+    assert 1 <= fast.ms < slow.ms and slow.ms >= 50 and fast.repeat == 3
+    rows = make_rows("demo", "matmul", {"fast": fast, "slow": slow}, baselines=["slow"])
+    by = {r.impl: r for r in rows}
+    assert by["fast"].speedup["slow"] == pytest.approx(slow.ms / fast.ms)
+    assert by["slow"].speedup == {}
+    table = format_table(rows)
+    assert "vs slow" in table and "baseline" in table
+    with pytest.raises(ValueError, match="baselines"):
+        make_rows("demo", "x", {"fast": fast}, baselines=["nope"])
+
+
+def test_cpu_peak_memory_sees_a_large_allocation():
+    n = 64 * 2**20  # 256 MiB of fp32, touched so it is resident
+    peak = peak_memory(lambda: torch.ones(n).sum(), "cpu")
+    assert peak > 200 * 2**20
+
+
+def test_json_output(tmp_path):
+    m = measure(lambda: None, "cpu", warmup=0, repeat=2)
+    rows = make_rows("demo", "noop", {"a": m, "b": m}, baselines=["b"])
+    path = tmp_path / "out.json"
+    write_json(str(path), "demo", rows, torch.device("cpu"))
+    data = json.loads(path.read_text())
+    assert data["suite"] == "demo" and data["environment"]["device"] == "cpu"
+    assert {r["impl"] for r in data["rows"]} == {"a", "b"}
+
+
+def test_cli_list_and_info(capsys):
+    assert main(["list", "models"]) == 0
+    out = capsys.readouterr().out
+    assert "mixervit_test" in out and "mixers (" not in out
+    assert main(["info", "mixervit_test"]) == 0
+    assert "parameters" in capsys.readouterr().out
+    assert main(["info", "no_such_model"]) == 2
+    assert "unknown model" in capsys.readouterr().err
+
+
+def test_cli_help_for_every_subcommand():
+    for cmd in ("list", "info", "bench"):
+        r = subprocess.run([sys.executable, "-m", "mmeff.cli", cmd, "--help"],
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0 and "usage: mmeff" in r.stdout
