@@ -3,6 +3,7 @@ from timm.layers import DropPath, GluMlp, LayerNorm, Mlp, RmsNorm, SwiGLU
 
 from .conv import ShortConv
 from .embed import PatchEmbed, resample_pos_embed
+from .rope import RotaryEmbedding
 
 __all__ = ["DropPath", "GluMlp", "LayerNorm", "Mlp", "RmsNorm", "SwiGLU", "ShortConv", "PatchEmbed",
-           "resample_pos_embed"]
+           "resample_pos_embed", "RotaryEmbedding"]
