@@ -1,4 +1,4 @@
-"""The ``mmeff`` command: ``mmeff list``, ``mmeff info MODEL``, ``mmeff bench SUITE``.
+"""The ``mmeff`` command: ``list``, ``info MODEL``, ``train CONFIG``, ``eval CONFIG``, ``bench SUITE``.
 
 Each subcommand is a small function; ``mmeff <cmd> --help`` documents its options.
 """
@@ -64,6 +64,21 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from mmeff.tasks.config import load_config
+    from mmeff.tasks.runner import train
+    cfg = load_config(args.config, args.overrides + (["resume=true"] if args.resume else []))
+    train(cfg)
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from mmeff.tasks.config import load_config
+    from mmeff.tasks.runner import evaluate
+    evaluate(load_config(args.config, args.overrides), args.checkpoint, args.split)
+    return 0
+
+
 def _ints(s: str) -> List[int]:
     try:
         return [int(v) for v in s.split(",") if v]
@@ -86,6 +101,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--size", type=_ints, help="input H,W (default: the model's pretrained_cfg)")
     s.add_argument("--batch", type=int, default=1)
     s.set_defaults(fn=_cmd_info)
+
+    s = sub.add_parser("train", help="train a model from a YAML config (works under torchrun too)")
+    s.add_argument("config", help="YAML file, e.g. configs/quickstart.yaml")
+    s.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.lr=3e-4 data.batch_size=32")
+    s.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
+    s.set_defaults(fn=_cmd_train)
+
+    s = sub.add_parser("eval", help="evaluate a checkpoint on a split of the config's data")
+    s.add_argument("config", help="the YAML config the model was trained with")
+    s.add_argument("overrides", nargs="*", help="key=value overrides")
+    s.add_argument("--checkpoint", required=True,
+                   help="a run directory, a checkpoint directory or a .safetensors/.pth file")
+    s.add_argument("--split", default="test", choices=["train", "val", "test"])
+    s.set_defaults(fn=_cmd_eval)
 
     from mmeff.bench import list_suites
     s = sub.add_parser("bench", help="run a benchmark suite (ratios against a same-run baseline)")
