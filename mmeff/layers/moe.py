@@ -1,0 +1,504 @@
+"""Mixture-of-experts feed-forward: token-choice (softmax / sigmoid) and expert-choice routing.
+
+A drop-in ``ffn_layer`` for :class:`mmeff.blocks.Block` (``functools.partial(MoE, num_experts=8)``).
+
+Papers:
+- Switch Transformer (load-balancing loss, capacity factor): https://arxiv.org/abs/2101.03961
+- ST-MoE (router z-loss): https://arxiv.org/abs/2202.08906
+- Mixtral (8 experts, top-2 softmax router): https://arxiv.org/abs/2401.04088
+- DeepSeekMoE (fine-grained and shared experts): https://arxiv.org/abs/2401.06066
+- DeepSeek-V3 (sigmoid router, auxiliary-loss-free bias balancing): https://arxiv.org/abs/2412.19437
+- Expert-choice routing: https://arxiv.org/abs/2202.09368
+- MegaBlocks (dropless MoE as grouped matmuls): https://arxiv.org/abs/2211.15841
+- Sparse upcycling: https://arxiv.org/abs/2212.05055
+
+Dispatch sorts the (token, expert) assignments by expert and runs all experts at once: one
+``torch.nn.functional.grouped_mm`` over the jagged groups on CUDA sm90+ in bf16, otherwise one
+``torch.bmm`` over the groups padded to the largest one (CPU, other GPUs, fp32/fp16).  The combine
+is a single ``index_add_`` weighted by the gates.  ``moe_naive`` is the per-token reference.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from typing import Callable, Dict, Mapping, Optional, Tuple, Type, Union
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from timm.layers import GluMlp, Mlp
+from torch import nn
+
+from .._utils import check_positive, unknown_name_error
+
+logger = logging.getLogger("mmeff")
+
+ROUTERS = ("softmax", "sigmoid", "expert_choice")
+IMPLS = ("auto", "grouped_mm", "bmm")
+_ANNOUNCED: set = set()
+
+
+def _pair(v: Union[bool, Tuple[bool, bool]]) -> Tuple[bool, bool]:
+    return (v, v) if isinstance(v, bool) else tuple(v)
+
+
+class MoE(nn.Module):
+    """Mixture-of-experts MLP over ``x[..., D]`` (``[B, L, D]`` or ``[N, D]``).
+
+    Routers (``router=``):
+
+    - ``'softmax'`` (Mixtral): probabilities ``softmax(x W_r)`` over all experts, top-k chosen, gates
+      renormalised over the chosen k, which is the same as a softmax over the top-k logits.
+    - ``'sigmoid'`` (DeepSeek-V3): scores ``sigmoid(x W_r)``, top-k chosen, gates normalised over the
+      chosen k.
+    - ``'expert_choice'`` (Zhou et al.): each expert picks its top-c tokens of each sequence (softmax
+      scores over experts as gates), ``c = ceil(capacity_factor * top_k * L / E)``.  Balanced by
+      construction, but a token's output depends on later tokens: encoders only (``causal=False``).
+
+    Token-choice routers select on ``scores + expert_bias``; the bias steers selection only (gates
+    use the unbiased scores) and moves by :meth:`update_bias` (auxiliary-loss-free balancing).
+    ``capacity_factor=None`` is dropless; otherwise each expert takes at most
+    ``ceil(capacity_factor * N * top_k / E)`` assignments per call (first choices of all tokens
+    before second choices, then token order) and the rest are dropped: they add zero to the output
+    (the block's residual carries the token) and are counted in ``last_dropped``.
+
+    After each forward: ``aux_loss`` (Switch balance loss + router z-loss, a scalar; zero when both
+    are off), ``last_load`` (assignments routed to each expert, before dropping) and
+    ``last_dropped``.  :func:`collect_aux_loss` sums ``aux_loss`` over a model.
+
+    Args:
+        in_features: D.
+        hidden_features: hidden width of one coarse expert (Block passes ``dim * mlp_ratio``).
+        out_features: output width (default D).
+        act_layer: activation; with ``glu=True`` it gates: ``(x W_v) * act(x W_g)`` (SwiGLU with
+            ``nn.SiLU``).
+        num_experts: E routed experts.
+        top_k: experts per token (token choice) or the average per token (expert choice).
+        router: ``'softmax'``, ``'sigmoid'`` or ``'expert_choice'``.
+        num_shared_experts: always-on experts of the same width (DeepSeekMoE), run as one dense MLP.
+        granularity: fine-grained experts (DeepSeekMoE): each expert's hidden width is
+            ``hidden_features // granularity`` (``expert_hidden``).
+        glu: gated (SwiGLU/GEGLU) experts instead of plain two-layer MLPs.
+        bias: biases of the expert layers (bool or a pair for fc1/fc2, as timm's Mlp).
+        capacity_factor: None (dropless) or > 0.
+        normalize_gates: renormalise the top-k gates to sum to 1; None means ``top_k > 1`` (a top-1
+            gate of exactly 1 would give the router no gradient: Switch keeps the raw probability).
+        aux_loss_coef: alpha of the Switch loss ``alpha * E * sum_i f_i P_i`` (0 turns it off).
+        z_loss_coef: weight of the router z-loss ``mean(logsumexp(logits)^2)`` (ST-MoE uses 1e-3).
+        causal: the layer sits in a causal model (rules out expert choice).
+        impl: ``'auto'``, ``'grouped_mm'`` or ``'bmm'`` (expert-choice groups are equal: always bmm).
+    """
+
+    def __init__(self, in_features: int, hidden_features: Optional[int] = None,
+                 out_features: Optional[int] = None, act_layer: Type[nn.Module] = nn.GELU, *,
+                 num_experts: int = 8, top_k: int = 2, router: str = "softmax",
+                 num_shared_experts: int = 0, granularity: int = 1, glu: bool = False,
+                 bias: Union[bool, Tuple[bool, bool]] = True, capacity_factor: Optional[float] = None,
+                 normalize_gates: Optional[bool] = None, aux_loss_coef: float = 0.01,
+                 z_loss_coef: float = 0.0, causal: bool = False, impl: str = "auto",
+                 device=None, dtype=None) -> None:
+        super().__init__()
+        fk = dict(device=device, dtype=dtype)
+        hidden_features = hidden_features or in_features
+        out_features = out_features or in_features
+        for name, value in (("in_features", in_features), ("hidden_features", hidden_features),
+                            ("out_features", out_features), ("num_experts", num_experts),
+                            ("granularity", granularity)):
+            check_positive(name, value)
+        check_positive("num_shared_experts", num_shared_experts, allow_zero=True)
+        if not isinstance(top_k, int) or not 1 <= top_k <= num_experts:
+            raise ValueError(f"top_k must be an int in [1, num_experts={num_experts}], got {top_k!r}")
+        if router not in ROUTERS:
+            raise unknown_name_error("router", router, ROUTERS)
+        if impl not in IMPLS:
+            raise unknown_name_error("impl", impl, IMPLS)
+        if capacity_factor is not None and not capacity_factor > 0:
+            raise ValueError(f"capacity_factor must be None (dropless) or > 0, got {capacity_factor!r}")
+        for name, value in (("aux_loss_coef", aux_loss_coef), ("z_loss_coef", z_loss_coef)):
+            if not value >= 0:
+                raise ValueError(f"{name} must be >= 0, got {value!r}")
+        if hidden_features % granularity:
+            raise ValueError(f"granularity ({granularity}) must divide hidden_features "
+                             f"({hidden_features})")
+        if router == "expert_choice" and causal:
+            raise ValueError("router='expert_choice' lets a token's output depend on later tokens "
+                             "and cannot decode; use it with causal=False (encoders) or pick "
+                             "router='softmax' or 'sigmoid'")
+        self.in_features, self.out_features = in_features, out_features
+        self.num_experts, self.top_k, self.router_type = num_experts, top_k, router
+        self.expert_hidden = hidden = hidden_features // granularity
+        self.glu, self.capacity_factor, self.causal, self.impl = glu, capacity_factor, causal, impl
+        self.normalize_gates = top_k > 1 if normalize_gates is None else normalize_gates
+        self.aux_loss_coef, self.z_loss_coef = aux_loss_coef, z_loss_coef
+
+        E, h1 = num_experts, hidden * (2 if glu else 1)  # glu: fc1 gives [value, gate]
+        b1, b2 = _pair(bias)
+        self.router = nn.Linear(in_features, E, bias=False, **fk)
+        self.w1 = nn.Parameter(torch.empty(E, in_features, h1, **fk))  # [E, D, H] (2H with glu)
+        self.b1 = nn.Parameter(torch.empty(E, h1, **fk)) if b1 else None  # [E, H]
+        self.w2 = nn.Parameter(torch.empty(E, hidden, out_features, **fk))  # [E, H, D_out]
+        self.b2 = nn.Parameter(torch.empty(E, out_features, **fk)) if b2 else None  # [E, D_out]
+        self.act = act_layer()
+        self.shared = None
+        if num_shared_experts:
+            mlp = GluMlp if glu else Mlp  # timm's GluMlp gates with the second half, as here
+            self.shared = mlp(in_features, num_shared_experts * h1, out_features,
+                              act_layer=act_layer, bias=bias, **fk)
+        self.register_buffer("expert_bias", torch.zeros(E, device=device), persistent=True)
+        self.register_buffer("_load_since_update", torch.zeros(E, device=device), persistent=False)
+        self.aux_loss = torch.zeros(())
+        self.last_load = torch.zeros(E, dtype=torch.long)
+        self.last_dropped = torch.zeros((), dtype=torch.long)
+        self._last_units = 0
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Each expert initialised like an ``nn.Linear`` pair: U(+-1/sqrt(fan_in))."""
+        for w, b in ((self.w1, self.b1), (self.w2, self.b2)):
+            bound = w.shape[1] ** -0.5
+            nn.init.uniform_(w, -bound, bound)
+            if b is not None:
+                nn.init.uniform_(b, -bound, bound)
+
+    # ---------------------------------------------------------------- routing
+    def capacity(self, num_tokens: int) -> Optional[int]:
+        """Assignments one expert may take from ``num_tokens`` tokens (None: dropless)."""
+        if self.router_type == "expert_choice":
+            c = math.ceil((self.capacity_factor or 1.0) * self.top_k * num_tokens / self.num_experts)
+            return min(c, num_tokens)
+        if self.capacity_factor is None:
+            return None
+        return math.ceil(self.capacity_factor * num_tokens * self.top_k / self.num_experts)
+
+    def router_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """fp32 router logits ``[..., E]`` (the router runs in fp32 even under autocast)."""
+        with torch.autocast(x.device.type, enabled=False):
+            return F.linear(x.float(), self.router.weight.float())
+
+    def scores(self, logits: torch.Tensor) -> torch.Tensor:
+        """Per-expert affinities: softmax over experts, or sigmoid for the sigmoid router."""
+        return logits.sigmoid() if self.router_type == "sigmoid" else logits.softmax(-1)
+
+    def select(self, scores: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Token choice: top-k experts on ``scores + expert_bias``; gates from the unbiased scores.
+
+        Returns ``(idx[N, k], gates[N, k])``.
+        """
+        idx = (scores + self.expert_bias).topk(self.top_k, dim=-1).indices
+        gates = scores.gather(-1, idx)
+        if self.normalize_gates:
+            gates = gates / gates.sum(-1, keepdim=True)
+        return idx, gates
+
+    def _aux_loss(self, logits: torch.Tensor, scores: torch.Tensor,
+                  load: torch.Tensor) -> torch.Tensor:  # [N, E], [N, E], [E]
+        loss = logits.new_zeros(())
+        if self.aux_loss_coef > 0 and self.router_type != "expert_choice":
+            f = load.float() / load.sum()                          # fraction of assignments
+            p = (scores / scores.sum(-1, keepdim=True)).mean(0)    # mean routing probability
+            loss = loss + self.aux_loss_coef * self.num_experts * (f * p).sum()
+        if self.z_loss_coef > 0:
+            loss = loss + self.z_loss_coef * logits.logsumexp(-1).square().mean()
+        return loss
+
+    # ---------------------------------------------------------------- experts
+    def _activate(self, h: torch.Tensor) -> torch.Tensor:
+        if self.glu:
+            value, gate = h.chunk(2, dim=-1)
+            return value * self.act(gate)
+        return self.act(h)
+
+    def _experts(self, x: torch.Tensor, matmul: Callable, bias_of: Callable) -> torch.Tensor:
+        """The expert MLPs over rows already grouped by expert; ``matmul(x, w[E, ...])`` applies
+        each group's weight and ``bias_of(b[E, ...])`` lays a bias out like the rows."""
+        h = matmul(x, self.w1)
+        if self.b1 is not None:
+            h = h + bias_of(self.b1)
+        y = matmul(self._activate(h), self.w2)
+        if self.b2 is not None:
+            y = y + bias_of(self.b2)
+        return y
+
+    def _experts_bmm(self, x: torch.Tensor) -> torch.Tensor:  # [E, C, D] -> [E, C, D_out]
+        return self._experts(x, torch.bmm, lambda b: b[:, None])
+
+    def _experts_grouped(self, x: torch.Tensor, sizes: torch.Tensor) -> torch.Tensor:
+        """Rows ``x[R, D]`` in consecutive groups of ``sizes[E]`` rows (the last takes any rest)."""
+        dtype = _compute_dtype(x)
+        sizes = torch.cat([sizes[:-1], x.shape[0] - sizes[:-1].sum(0, keepdim=True)])
+        offs = sizes.cumsum(0).to(torch.int32)
+        expert_of_row = torch.repeat_interleave(torch.arange(self.num_experts, device=x.device),
+                                                sizes, output_size=x.shape[0])  # [R]
+        return self._experts(
+            x.to(dtype), lambda a, w: F.grouped_mm(a.to(dtype), w.to(dtype), offs=offs),
+            lambda b: b[expert_of_row])
+
+    def _use_grouped(self, x: torch.Tensor) -> bool:
+        dims = (self.in_features, self.out_features, self.expert_hidden)
+        dtype = _compute_dtype(x)
+        aligned = all(d * dtype.itemsize % 16 == 0 for d in dims)
+        if self.impl == "grouped_mm":
+            if not hasattr(F, "grouped_mm"):
+                raise ValueError(f"impl='grouped_mm' needs torch.nn.functional.grouped_mm "
+                                 f"(torch >= 2.9), this torch is {torch.__version__}")
+            if not aligned:
+                raise ValueError(f"impl='grouped_mm' needs in/out/expert widths {dims} to be "
+                                 f"multiples of 16 bytes in {dtype}")
+            return True
+        if self.impl == "bmm":
+            return False
+        return (hasattr(F, "grouped_mm") and x.device.type == "cuda" and dtype == torch.bfloat16
+                and aligned and torch.cuda.get_device_capability(x.device) >= (9, 0))
+
+    # ---------------------------------------------------------------- dispatch
+    def _token_choice(self, x: torch.Tensor, idx: torch.Tensor, gates: torch.Tensor,
+                      grouped: bool) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Sort-by-expert dispatch of ``x[N, D]`` to ``idx[N, k]`` with ``gates[N, k]``; ``grouped``
+        picks grouped_mm over padded bmm.  Returns ``(y[N, D_out], load[E], dropped)``."""
+        (n, k), num_e, dev = idx.shape, self.num_experts, x.device
+        expert = idx.t().reshape(-1)                             # [k*N] first choices first
+        token = torch.arange(n, device=dev).repeat(k)            # [k*N]
+        gate = gates.t().reshape(-1)                             # [k*N]
+        load = torch.bincount(expert, minlength=num_e)           # [E]
+        start = load.cumsum(0) - load
+        order = torch.argsort(expert, stable=True)
+        rank = torch.empty_like(order)                           # place within its expert's queue
+        rank[order] = torch.arange(n * k, device=dev) - start[expert[order]]
+        cap = self.capacity(n)
+        kept = load if cap is None else load.clamp(max=cap)
+        if grouped:  # jagged groups, no padding; a static row count avoids a host sync
+            rows = n * k
+            row = (kept.cumsum(0) - kept)[expert] + rank
+        else:        # one padded batch [E, C, D] with C = the largest kept group
+            c = int(kept.max())
+            rows = num_e * c
+            row = expert * c + rank
+        if cap is not None:
+            row = torch.where(rank < cap, row, rows)            # dropped -> a discarded slot
+        src = torch.zeros(rows + 1, dtype=torch.long, device=dev).scatter_(0, row, token)[:rows]
+        weight = gate.new_zeros(rows + 1).scatter(0, row, gate)[:rows]  # 0 on padding / drops
+        xr = x[src]                                              # [R, D] grouped by expert
+        if grouped:
+            yr = self._experts_grouped(xr, kept)
+        else:
+            yr = self._experts_bmm(rearrange(xr, "(e c) d -> e c d", e=num_e))
+            yr = rearrange(yr, "e c d -> (e c) d")
+        y = yr.new_zeros(n, self.out_features).index_add_(0, src, yr * weight[:, None].to(yr.dtype))
+        return y, load, load.sum() - kept.sum()
+
+    def _expert_choice(self, x: torch.Tensor,
+                       scores: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Each expert takes its top-c tokens of each sequence.  ``x[G, L, D]``, ``scores[G, L, E]``."""
+        g, length, _ = x.shape
+        c = self.capacity(length)
+        gate, pick = scores.topk(c, dim=1)                        # [G, c, E]
+        pick = pick + torch.arange(g, device=x.device)[:, None, None] * length
+        src = rearrange(pick, "g c e -> (e g c)")                # [E*G*c] token of each row
+        weight = rearrange(gate, "g c e -> (e g c)")
+        xf = rearrange(x, "g l d -> (g l) d")
+        yr = self._experts_bmm(rearrange(xf[src], "(e r) d -> e r d", e=self.num_experts))
+        yr = rearrange(yr, "e r d -> (e r) d")
+        y = yr.new_zeros(g * length, self.out_features)
+        y = y.index_add_(0, src, yr * weight[:, None].to(yr.dtype))
+        unpicked = (torch.bincount(src, minlength=g * length) == 0).sum()
+        load = torch.full((self.num_experts,), g * c, dtype=torch.long, device=x.device)
+        return y, load, unpicked
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [..., D] -> [..., D_out]
+        if x.shape[-1] != self.in_features:
+            raise ValueError(f"MoE expects x[..., {self.in_features}], got {tuple(x.shape)}")
+        lead = x.shape[:-1]
+        logits = self.router_logits(x)                           # [..., E] fp32
+        scores = self.scores(logits)
+        if self.router_type == "expert_choice":
+            xg = x.reshape(-1, *x.shape[-2:]) if x.dim() > 2 else x[None]  # [G, L, D]
+            y, load, dropped = self._expert_choice(xg, scores.reshape(*xg.shape[:2], -1))
+            grouped = False
+        else:
+            xf = x.reshape(-1, self.in_features)
+            idx, gates = self.select(scores.reshape(xf.shape[0], -1))
+            grouped = self._use_grouped(x)
+            y, load, dropped = self._token_choice(xf, idx, gates, grouped)
+        _announce(x.device, grouped)
+        y = y.reshape(*lead, self.out_features).to(x.dtype)
+        if self.shared is not None:
+            y = y + self.shared(x)
+        flat = logits.reshape(-1, self.num_experts)
+        self.aux_loss = self._aux_loss(flat, scores.reshape(flat.shape), load)
+        self.last_load, self.last_dropped = load.detach(), dropped.detach()
+        self._last_units = flat.shape[0] * (1 if self.router_type == "expert_choice" else self.top_k)
+        if self.training:
+            self._load_since_update += load.detach().to(self._load_since_update)
+        return y
+
+    def step(self, x: torch.Tensor, state=None):
+        """Decoding step ``(y, state)``: the layer is per-token and keeps no state.
+
+        Raises for expert choice, whose routing needs the whole sequence."""
+        if self.router_type == "expert_choice":
+            raise RuntimeError("MoE with router='expert_choice' cannot decode (each expert picks "
+                               "from the whole sequence); use router='softmax' or 'sigmoid'")
+        return self(x), state
+
+    # ---------------------------------------------------------------- balancing and stats
+    @torch.no_grad()
+    def update_bias(self, rate: float = 1e-3) -> None:
+        """Auxiliary-loss-free balancing (DeepSeek-V3): after an optimiser step, move each expert's
+        selection bias by ``rate`` towards balance (up if under-loaded, down if over-loaded), using
+        the load of the training forwards since the last update."""
+        if self.router_type == "expert_choice":
+            raise RuntimeError("update_bias() applies to token-choice routers; expert choice is "
+                               "balanced by construction")
+        load = self._load_since_update
+        self.expert_bias += rate * torch.sign(load.mean() - load)
+        load.zero_()
+
+    def load_stats(self) -> Dict[str, object]:
+        """Last forward's routing statistics for logging: per-expert ``load`` (assignments routed,
+        before dropping), ``imbalance`` = max/mean load, ``dropped`` (token choice: assignments over
+        capacity; expert choice: tokens no expert picked) and ``drop_fraction`` of assignments or
+        tokens."""
+        load, dropped = self.last_load.float(), int(self.last_dropped)
+        return {"load": self.last_load.tolist(), "imbalance": (load.max() / load.mean()).item(),
+                "dropped": dropped, "drop_fraction": dropped / max(self._last_units, 1)}
+
+    # ---------------------------------------------------------------- upcycling
+    @classmethod
+    def from_dense(cls, mlp: Union[nn.Module, Mapping[str, torch.Tensor]], num_experts: int,
+                   top_k: int, *, act_layer: Optional[Type[nn.Module]] = None, **kwargs) -> "MoE":
+        """Sparse upcycling: an MoE whose experts are all copies of a dense MLP.
+
+        ``mlp`` is a timm ``Mlp`` / ``GluMlp`` / ``SwiGLU`` or its state dict (``fc1.*``/``fc2.*``,
+        or ``fc1_g.*``/``fc1_x.*``/``fc2.*``; ``act_layer`` is then required).  With normalised
+        gates (the default for ``top_k > 1``) and no dropping, the MoE equals the dense MLP at init.
+        The router is freshly initialised.
+        """
+        for name, ok in (("granularity", kwargs.get("granularity", 1) == 1),
+                         ("num_shared_experts", kwargs.get("num_shared_experts", 0) == 0)):
+            if not ok:
+                raise ValueError(f"from_dense copies whole experts: {name} must be its default, "
+                                 f"got {kwargs[name]!r}")
+        if isinstance(mlp, nn.Module):
+            if not isinstance(getattr(mlp, "norm", nn.Identity()), nn.Identity):
+                raise ValueError("from_dense: mlp.norm must be nn.Identity (no norm in the MLP)")
+            act_layer = act_layer or type(mlp.act)
+            gate_first = not getattr(mlp, "gate_last", True)
+            sd = mlp.state_dict()
+        elif act_layer is None:
+            raise ValueError("from_dense: act_layer is required when mlp is a state dict")
+        else:
+            gate_first, sd = False, dict(mlp)
+        if "fc1_g.weight" in sd:  # SwiGLU: act(fc1_g x) * fc1_x x -> fc1 = [value; gate]
+            sd["fc1.weight"] = torch.cat([sd["fc1_x.weight"], sd["fc1_g.weight"]])
+            if "fc1_g.bias" in sd:
+                sd["fc1.bias"] = torch.cat([sd["fc1_x.bias"], sd["fc1_g.bias"]])
+        w1, w2 = sd["fc1.weight"], sd["fc2.weight"]              # [H1, D], [D_out, H]
+        if w1.dim() != 2 or w2.dim() != 2:
+            raise ValueError(f"from_dense needs linear fc1/fc2 weights, got shapes "
+                             f"{tuple(w1.shape)} and {tuple(w2.shape)}")
+        glu = w1.shape[0] == 2 * w2.shape[1]
+        b1 = sd.get("fc1.bias")
+        if gate_first:  # GluMlp(gate_last=False): act(first half) * second half
+            w1 = torch.cat(w1.chunk(2)[::-1])
+            b1 = torch.cat(b1.chunk(2)[::-1]) if b1 is not None else None
+        moe = cls(w1.shape[1], w2.shape[1], w2.shape[0], act_layer=act_layer, glu=glu,
+                  num_experts=num_experts, top_k=top_k, bias=(b1 is not None, "fc2.bias" in sd),
+                  device=w1.device, dtype=w1.dtype, **kwargs)
+        with torch.no_grad():
+            moe.w1.copy_(w1.t().expand_as(moe.w1))
+            moe.w2.copy_(w2.t().expand_as(moe.w2))
+            if b1 is not None:
+                moe.b1.copy_(b1.expand_as(moe.b1))
+            if moe.b2 is not None:
+                moe.b2.copy_(sd["fc2.bias"].expand_as(moe.b2))
+        return moe
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_features}->{self.out_features}, experts={self.num_experts}x"
+                f"{self.expert_hidden}, top_k={self.top_k}, router={self.router_type}, "
+                f"glu={self.glu}, capacity_factor={self.capacity_factor}")
+
+
+def _compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype matmuls run in: the autocast dtype when autocast is on, else ``x``'s."""
+    if torch.is_autocast_enabled(x.device.type):
+        return torch.get_autocast_dtype(x.device.type)
+    return x.dtype
+
+
+def _announce(device: torch.device, grouped: bool) -> None:
+    """Say once per device type and path how the experts ran."""
+    key = (device.type, grouped)
+    if key not in _ANNOUNCED:
+        _ANNOUNCED.add(key)
+        logger.warning("mmeff MoE on %s: experts run as one %s", device.type,
+                       "grouped matmul (torch grouped_mm)" if grouped
+                       else "padded batched matmul (torch.bmm)")
+
+
+def moe_naive(moe: MoE, x: torch.Tensor) -> torch.Tensor:
+    """Reference MoE forward: a plain loop over tokens (and experts for expert choice), fp32.
+
+    Uses ``moe``'s parameters and rules (capacity, gate normalisation, bias); for tests only.
+    """
+    lead, d = x.shape[:-1], x.shape[-1]
+    w1, w2 = moe.w1.float(), moe.w2.float()
+    b1 = moe.b1.float() if moe.b1 is not None else torch.zeros(w1.shape[0], w1.shape[2])
+    b2 = moe.b2.float() if moe.b2 is not None else torch.zeros(w2.shape[0], w2.shape[2])
+    wr = moe.router.weight.float()
+
+    def expert(e: int, v: torch.Tensor) -> torch.Tensor:  # [D] -> [D_out]
+        return moe._activate(v @ w1[e] + b1[e]) @ w2[e] + b2[e]
+
+    def affinity(v: torch.Tensor) -> torch.Tensor:  # [D] -> [E]
+        logit = wr @ v
+        return logit.sigmoid() if moe.router_type == "sigmoid" else logit.softmax(-1)
+
+    xs = x.float().reshape(-1, x.shape[-2] if x.dim() > 2 else x.shape[0], d)  # [G, L, D]
+    out = [[torch.zeros(moe.out_features) for _ in range(xs.shape[1])] for _ in range(xs.shape[0])]
+    if moe.router_type == "expert_choice":
+        c = moe.capacity(xs.shape[1])
+        for g, seq in enumerate(xs):
+            s = torch.stack([affinity(v) for v in seq])          # [L, E]
+            for e in range(moe.num_experts):
+                for t in s[:, e].topk(c).indices.tolist():
+                    out[g][t] = out[g][t] + s[t, e] * expert(e, seq[t])
+    else:
+        tokens = [(g, t) for g in range(xs.shape[0]) for t in range(xs.shape[1])]
+        choices = []
+        for g, t in tokens:
+            s = affinity(xs[g, t])
+            idx = (s + moe.expert_bias.float()).topk(moe.top_k).indices
+            gate = s[idx] / s[idx].sum() if moe.normalize_gates else s[idx]
+            choices.append((idx.tolist(), gate))
+        cap, taken = moe.capacity(len(tokens)), [0] * moe.num_experts
+        for j in range(moe.top_k):           # all first choices, then all second choices, ...
+            for (g, t), (idx, gate) in zip(tokens, choices):
+                e = idx[j]
+                if cap is None or taken[e] < cap:
+                    taken[e] += 1
+                    out[g][t] = out[g][t] + gate[j] * expert(e, xs[g, t])
+    y = torch.stack([torch.stack(row) for row in out]).reshape(*lead, moe.out_features)
+    if moe.shared is not None:
+        y = y + _float_module(moe.shared, x)
+    return y.to(x.dtype)
+
+
+def _float_module(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``module(x)`` computed in fp32 (without changing the module's dtype)."""
+    with torch.autocast(x.device.type, enabled=False):
+        params = {n: p.float() for n, p in module.named_parameters()}
+        return torch.func.functional_call(module, params, (x.float(),))
+
+
+def collect_aux_loss(model: nn.Module) -> torch.Tensor:
+    """Sum of ``aux_loss`` over every :class:`MoE` in ``model`` (from their last forward)."""
+    losses = [m.aux_loss for m in model.modules() if isinstance(m, MoE)]
+    return torch.stack([l.float() for l in losses]).sum() if losses else torch.zeros(())
+
+
+def update_balance_bias(model: nn.Module, rate: float = 1e-3) -> None:
+    """Call :meth:`MoE.update_bias` on every token-choice MoE in ``model`` (after optimizer.step)."""
+    for m in model.modules():
+        if isinstance(m, MoE) and m.router_type != "expert_choice":
+            m.update_bias(rate)
