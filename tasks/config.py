@@ -44,6 +44,7 @@ class TrainConfig:
     precision: str = "fp32"                          # fp32 | bf16 (autocast on CPU and CUDA)
     ema_decay: Optional[float] = None                # e.g. 0.999; evaluates the EMA weights
     aux_loss_weight: float = 1.0                     # weight of MoE auxiliary losses
+    moe_bias_rate: Optional[float] = None            # aux-loss-free MoE balancing step (e.g. 1e-3)
     compile: bool = False                            # torch.compile the model
     grad_checkpointing: bool = False
     seed: int = 0

@@ -21,6 +21,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from mmeff._registry import load_checkpoint
+from mmeff.layers.moe import MoE, collect_aux_loss, update_balance_bias
 
 from . import checkpoint as ckpt
 from .classification import TASKS
@@ -98,7 +99,9 @@ def _seed_all(seed: int) -> None:
 
 
 def _loader(ds, sampler: StepBatches, workers: int) -> DataLoader:
-    return DataLoader(ds, batch_sampler=sampler, num_workers=workers)
+    # a private generator: making a loader must not draw from the global RNG (exact resume)
+    return DataLoader(ds, batch_sampler=sampler, num_workers=workers,
+                      generator=torch.Generator().manual_seed(sampler.seed * 7919 + sampler.epoch))
 
 
 def _autocast(cfg: RunConfig, device: torch.device):
@@ -138,11 +141,6 @@ class _StateView(nn.Module):
 
     def state_dict(self, *a, **k):  # noqa: D102
         return self._sd
-
-
-def _aux_loss(model: nn.Module) -> Optional[torch.Tensor]:
-    from mmeff.layers.moe import collect_aux_loss
-    return collect_aux_loss(model)
 
 
 def _lr_at(step: int, total: int, cfg: RunConfig) -> float:
@@ -272,6 +270,7 @@ def train(cfg: RunConfig) -> Dict[str, Any]:
         eval_every = cfg.train.eval_every or spe
         ckpt_every = cfg.train.checkpoint_every or spe
         n_params = sum(p.numel() for p in model.parameters())
+        has_moe = any(isinstance(m, MoE) for m in model.modules())
         if d.main:
             print(f"{cfg.model.name}: {n_params / 1e6:.2f}M params | {len(data['train'])} train samples | "
                   f"{stop} steps of global batch {cfg.data.batch_size} on {d.world} x {d.device}")
@@ -290,13 +289,15 @@ def train(cfg: RunConfig) -> Dict[str, Any]:
                 x, y = batch["input"].to(d.device), task.labels(batch).to(d.device)
                 with _autocast(cfg, d.device):
                     loss = task.loss(net(x), y)
-                    aux = _aux_loss(net)
-                    total_loss = loss + cfg.train.aux_loss_weight * aux if aux is not None else loss
+                    aux = collect_aux_loss(net) if has_moe else None
+                    total_loss = loss + cfg.train.aux_loss_weight * aux if has_moe else loss
                 opt.zero_grad(set_to_none=True)
                 total_loss.backward()
                 gnorm = (nn.utils.clip_grad_norm_(net.parameters(), cfg.train.clip_grad).item()
                          if cfg.train.clip_grad else float("nan"))
                 opt.step()
+                if has_moe and cfg.train.moe_bias_rate:
+                    update_balance_bias(model, cfg.train.moe_bias_rate)
                 if ema is not None:
                     ema.update(model, step=step)
                 step += 1
@@ -306,8 +307,10 @@ def train(cfg: RunConfig) -> Dict[str, Any]:
                     dt = time.perf_counter() - t_last
                     rec = dict(split="train", step=step, epoch=epoch, loss=loss_v, lr=lr,
                                grad_norm=gnorm, samples_per_s=seen / max(dt, 1e-9))
-                    if aux is not None:
+                    if has_moe:
+                        stats = [m.load_stats() for m in model.modules() if isinstance(m, MoE)]
                         rec["aux_loss"] = d.mean(aux.item())
+                        rec["moe_imbalance"] = sum(st["imbalance"] for st in stats) / len(stats)
                     log.write(**rec)
                     t_last, seen = time.perf_counter(), 0
                 bar.set_postfix(loss=f"{loss_v:.3f}", lr=f"{lr:.1e}")
