@@ -4,11 +4,15 @@ Drop-in for ``fla.ops`` and ``mamba_ssm`` (same argument names, layouts ``[B, T,
 returns ``(o, final_state)``); :mod:`mmeff.ops._dispatch` says which implementation ran.
 """
 from ._dispatch import dispatch, force_backend, implementations, last_backend
+from .delta_rule import (chunk_delta_rule, chunk_gated_delta_rule, fused_recurrent_delta_rule,
+                         fused_recurrent_gated_delta_rule)
 from .sparse_attention import (block_sparse_attention, compressed_attention, moba_attention,
                                moba_select, neighborhood_attention, nsa_select, selected_attention,
                                sliding_window_attention, window_attention)
 
 __all__ = ["dispatch", "force_backend", "implementations", "last_backend",
+           "chunk_delta_rule", "chunk_gated_delta_rule", "fused_recurrent_delta_rule",
+           "fused_recurrent_gated_delta_rule",
            "block_sparse_attention", "compressed_attention", "moba_attention", "moba_select",
            "neighborhood_attention", "nsa_select", "selected_attention", "sliding_window_attention",
            "window_attention"]
