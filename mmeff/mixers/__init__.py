@@ -8,7 +8,10 @@ from .neighborhood import NeighborhoodAttention
 from .nsa import NativeSparseAttention
 from .sliding_window import SlidingWindowAttention
 from .window import WindowAttention
+from .deltanet import DeltaNet
+from .gated_deltanet import GatedDeltaNet
 
 __all__ = ["Mixer", "create_mixer", "list_mixers", "mixer_class", "register_mixer", "resolve_mixer",
            "Attention", "BlockSparseAttention", "MultiHeadLatentAttention", "MoBA",
-           "NeighborhoodAttention", "NativeSparseAttention", "SlidingWindowAttention", "WindowAttention"]
+           "NeighborhoodAttention", "NativeSparseAttention", "SlidingWindowAttention", "WindowAttention",
+           "DeltaNet", "GatedDeltaNet"]
