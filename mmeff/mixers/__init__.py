@@ -10,8 +10,12 @@ from .sliding_window import SlidingWindowAttention
 from .window import WindowAttention
 from .deltanet import DeltaNet
 from .gated_deltanet import GatedDeltaNet
+from .mamba import Mamba
+from .mamba2 import Mamba2
+from .ss2d import SS2D
+from .mambavision import MambaVisionMixer
 
 __all__ = ["Mixer", "create_mixer", "list_mixers", "mixer_class", "register_mixer", "resolve_mixer",
            "Attention", "BlockSparseAttention", "MultiHeadLatentAttention", "MoBA",
            "NeighborhoodAttention", "NativeSparseAttention", "SlidingWindowAttention", "WindowAttention",
-           "DeltaNet", "GatedDeltaNet"]
+           "DeltaNet", "GatedDeltaNet", "Mamba", "Mamba2", "SS2D", "MambaVisionMixer"]

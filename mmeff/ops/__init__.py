@@ -9,10 +9,13 @@ from .delta_rule import (chunk_delta_rule, chunk_gated_delta_rule, fused_recurre
 from .sparse_attention import (block_sparse_attention, compressed_attention, moba_attention,
                                moba_select, neighborhood_attention, nsa_select, selected_attention,
                                sliding_window_attention, window_attention)
+from .selective_scan import selective_scan_fn, selective_scan_ref
+from .ssd import mamba_chunk_scan_combined, ssd_naive
 
 __all__ = ["dispatch", "force_backend", "implementations", "last_backend",
            "chunk_delta_rule", "chunk_gated_delta_rule", "fused_recurrent_delta_rule",
            "fused_recurrent_gated_delta_rule",
            "block_sparse_attention", "compressed_attention", "moba_attention", "moba_select",
            "neighborhood_attention", "nsa_select", "selected_attention", "sliding_window_attention",
-           "window_attention"]
+           "window_attention",
+           "selective_scan_fn", "selective_scan_ref", "mamba_chunk_scan_combined", "ssd_naive"]

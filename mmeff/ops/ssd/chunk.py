@@ -1,0 +1,112 @@
+"""Chunked SSD: the minimal chunked algorithm of the Mamba-2 paper (its Listing 1), in matmuls.
+
+With one scalar decay per head, the scan inside a chunk of ``Q`` tokens is a masked attention-like
+product ``y = ((C B^T) * Lmask) (dt x)``, where ``Lmask[t, s] = exp(a_{s+1} + ... + a_t)`` for
+``s <= t`` (``a = dt A``) and 0 above the diagonal.  The sums are built within the chunk and masked
+to ``-inf`` *before* the ``exp`` (:func:`segsum`), so nothing overflows at any length or decay.
+Chunks then pass their ``[P, N]`` states along in a cheap loop, and each position reads the state
+entering its chunk through ``C``.  Gradients come from autograd.
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+
+from .._dispatch import dispatch, register_impl
+from ._common import Result, check_inputs, run_ssd
+
+
+def segsum(a: torch.Tensor) -> torch.Tensor:
+    """``[..., Q] -> [..., Q, Q]``: ``out[t, s] = a_{s+1} + ... + a_t`` for ``s <= t``, else -inf.
+
+    Built as a cumulative sum of the masked repeats (not as a difference of two cumulative sums),
+    so each entry is exact to the precision of its own terms.
+    """
+    q = a.shape[-1]
+    ones = torch.ones(q, q, dtype=torch.bool, device=a.device)
+    rows = a[..., :, None].expand(*a.shape, q).masked_fill(~ones.tril(-1), 0.0)  # [t, s] = a_t, s < t
+    return rows.cumsum(-2).masked_fill(~ones.tril(), float("-inf"))
+
+
+def chunk_core(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+               h0: Optional[torch.Tensor], chunk_size: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """All chunks at once (see the module docstring; layouts in :mod:`._common`)."""
+    b, l, h, p = x.shape
+    g = B.shape[2]
+    q = min(chunk_size, l)
+    k = -(-l // q)
+    if k * q != l:  # pad with dt = 0: decay 1 and input 0 leave the state as it was
+        x, B, C = (F.pad(t, (0, 0, 0, 0, 0, k * q - l)) for t in (x, B, C))
+        dt = F.pad(dt, (0, 0, 0, k * q - l))
+    n, e = B.shape[-1], h // g
+    # heads split as (group, head-in-group e); B and C are shared by the heads of a group
+    xdt = rearrange(x * dt[..., None], "b (k q) (g e) p -> b k g e q p", q=q, g=g)
+    a = rearrange(dt * A, "b (k q) (g e) -> b k g e q", q=q, g=g)  # log-decays
+    B, C = (rearrange(t, "b (k q) g n -> b k g q n", q=q) for t in (B, C))
+    a_cum = a.cumsum(-1)  # [B, K, G, E, Q]: log-decay from the chunk start
+    L = torch.exp(segsum(a))  # [B, K, G, E, Q, Q]
+    # 1. within each chunk, from a zero state
+    y = ((C @ B.transpose(-1, -2)).unsqueeze(3) * L) @ xdt  # [B, K, G, E, Q, P]
+    # 2. each chunk's own end state: inputs decayed to the chunk end (the last row of L)
+    xdt_end = rearrange(xdt * L[..., -1, :, None], "b k g e q p -> b k g q (e p)")
+    local = rearrange(xdt_end.transpose(-1, -2) @ B, "b k g (e p) n -> b k g e p n", e=e)
+    # 3. states entering the chunks, chunk after chunk
+    decay = torch.exp(a_cum[..., -1])[..., None, None]  # [B, K, G, E, 1, 1]
+    state = (x.new_zeros(b, g, e, p, n) if h0 is None
+             else rearrange(h0, "b (g e) p n -> b g e p n", g=g))
+    entering = [state]
+    for i in range(k):
+        entering.append(local[:, i] + decay[:, i] * entering[-1])
+    # 4. each position reads the state entering its chunk, decayed to it
+    S = rearrange(torch.stack(entering[:-1], dim=1), "b k g e p n -> b k g n (e p)")
+    y_in = rearrange(C @ S, "b k g q (e p) -> b k g e q p", e=e)
+    y = y + y_in * torch.exp(a_cum)[..., None]
+    y = rearrange(y, "b k g e q p -> b (k q) (g e) p")[:, :l]
+    return y, rearrange(entering[-1], "b g e p n -> b (g e) p n")
+
+
+@register_impl("mamba_chunk_scan_combined", "chunk")
+def chunked_ssd(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+                chunk_size: int, D: Optional[torch.Tensor] = None, z: Optional[torch.Tensor] = None,
+                dt_bias: Optional[torch.Tensor] = None, initial_states: Optional[torch.Tensor] = None,
+                dt_softplus: bool = False, return_final_states: bool = False,
+                reverse: bool = False) -> Result:
+    """The chunked implementation behind ``mamba_chunk_scan_combined``."""
+    return run_ssd(chunk_core, x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states,
+                   dt_softplus, return_final_states, reverse)
+
+
+def mamba_chunk_scan_combined(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
+                              C: torch.Tensor, chunk_size: int, D: Optional[torch.Tensor] = None,
+                              z: Optional[torch.Tensor] = None, dt_bias: Optional[torch.Tensor] = None,
+                              initial_states: Optional[torch.Tensor] = None, dt_softplus: bool = False,
+                              return_final_states: bool = False, reverse: bool = False) -> Result:
+    """Mamba-2's SSD scan, chunked; drop-in for ``mamba_ssm``'s ``mamba_chunk_scan_combined``.
+
+    ``dt = softplus(dt + dt_bias)`` (softplus if ``dt_softplus``), per head
+    ``h_t = exp(dt_t A) h_{t-1} + dt_t x_t B_t^T`` (state ``[P, N]``), ``y_t = h_t C_t + D x_t``,
+    times ``silu(z_t)`` if ``z`` is given.  Any ``L`` works (padded internally to a multiple of
+    ``chunk_size``); state and accumulation are fp32 whatever the input dtype.
+
+    Args:
+        x: ``[B, L, H, P]``.  dt: ``[B, L, H]``.  A: ``[H]`` (negative for a decaying state).
+        B, C: ``[B, L, G, N]`` with G groups of ``H/G`` heads each.
+        chunk_size: tokens per chunk (mamba_ssm uses 256); results do not depend on it.
+        D: ``[H]`` or ``[H, P]`` skip weights.  z: ``[B, L, H, P]`` gate.  dt_bias: ``[H]``.
+        initial_states: fp32 ``[B, H, P, N]`` state before the first token.
+        dt_softplus: apply softplus to ``dt + dt_bias``.
+        return_final_states: also return the state after the last token.
+        reverse: run right-to-left, the op on the flipped sequence with the output flipped back
+            (mmeff extension, for bidirectional mixers).
+
+    Returns:
+        ``y[B, L, H, P]`` in ``x``'s dtype, or ``(y, final_states[B, H, P, N] fp32)`` if
+        ``return_final_states``.
+    """
+    check_inputs(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states)
+    return dispatch("mamba_chunk_scan_combined", x.device)(x, dt, A, B, C, chunk_size, D, z, dt_bias,
+                                                           initial_states, dt_softplus,
+                                                           return_final_states, reverse)
