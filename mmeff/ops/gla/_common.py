@@ -1,0 +1,73 @@
+"""Input checks and the pre/post-processing every gated-linear-attention form shares.
+
+Both op families (``simple_gla``: one log-decay per head, ``gla``: one per key channel) run on
+the same *cores*: fp32, left-to-right functions
+``core(q, k, v, g, initial_state, output_final_state) -> (o, final_state)`` with ``q`` already
+scaled and ``g`` either None (no decay), ``[B, T, H, 1]`` (per head) or ``[B, T, H, K]`` (per key
+channel), broadcast against the ``[K, V]`` state.  :func:`run_gla` does the rest once: the default
+scale, fp32 accumulation for low-precision inputs, ``reverse`` by flipping the sequence, and the
+output dtype.
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional, Tuple
+
+import torch
+
+Core = Callable[..., Tuple[torch.Tensor, torch.Tensor]]
+
+
+def _describe(t) -> str:
+    return str(tuple(t.shape)) if isinstance(t, torch.Tensor) else type(t).__name__
+
+
+def check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: Optional[torch.Tensor],
+                 initial_state: Optional[torch.Tensor], per_key: bool) -> None:
+    """Raise a ValueError naming the first argument whose type, shape, dtype or device is off.
+
+    ``per_key`` selects the gate layout: ``[B, T, H, K]`` (gla) or ``[B, T, H]`` (simple_gla).
+    """
+    if not isinstance(q, torch.Tensor) or q.dim() != 4:
+        raise ValueError(f"q must be a 4D tensor [B, T, H, K], got {_describe(q)}")
+    B, T, H, K = q.shape
+    if not isinstance(k, torch.Tensor) or tuple(k.shape) != (B, T, H, K):
+        raise ValueError(f"k must have shape [B, T, H, K] = {(B, T, H, K)}, got {_describe(k)}")
+    if not isinstance(v, torch.Tensor) or v.dim() != 4 or tuple(v.shape[:3]) != (B, T, H):
+        raise ValueError(f"v must have shape [B, T, H, V] with [B, T, H] = {(B, T, H)}, got {_describe(v)}")
+    if g is not None:
+        want, what = ((B, T, H, K), "[B, T, H, K]") if per_key else ((B, T, H), "[B, T, H]")
+        if not isinstance(g, torch.Tensor) or tuple(g.shape) != want:
+            raise ValueError(f"g must have shape {what} = {want}, got {_describe(g)}")
+    if initial_state is not None:
+        want = (B, H, K, v.shape[-1])
+        if not isinstance(initial_state, torch.Tensor) or tuple(initial_state.shape) != want:
+            raise ValueError(f"initial_state must have shape [B, H, K, V] = {want}, "
+                             f"got {_describe(initial_state)}")
+    for name, t in (("q", q), ("k", k), ("v", v), ("g", g), ("initial_state", initial_state)):
+        if t is None:
+            continue
+        if not t.is_floating_point():
+            raise ValueError(f"{name} must be a floating-point tensor, got {t.dtype}")
+        if t.device != q.device:
+            raise ValueError(f"{name} must be on {q.device} like q, got {t.device}")
+
+
+def run_gla(core: Core, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: Optional[torch.Tensor],
+            scale: Optional[float], initial_state: Optional[torch.Tensor], output_final_state: bool,
+            reverse: bool, **core_kwargs) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """Run ``core`` with the shared conventions; returns ``(o[B, T, H, V], final_state or None)``.
+
+    ``g`` is None, ``[B, T, H, 1]`` or ``[B, T, H, K]`` here (simple_gla adds the trailing 1).
+    """
+    dtype = v.dtype
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    q, k, v = q.float() * scale, k.float(), v.float()
+    g = None if g is None else g.float()
+    h0 = None if initial_state is None else initial_state.float()
+    if reverse:  # the same op on the flipped sequence
+        q, k, v = (t.flip(1) for t in (q, k, v))
+        g = None if g is None else g.flip(1)
+    o, ht = core(q, k, v, g, h0, output_final_state, **core_kwargs)
+    if reverse:
+        o = o.flip(1)
+    return o.to(dtype), (ht if output_final_state else None)
