@@ -112,6 +112,10 @@ def peak_memory(fn: Callable[[], object], device: torch.device) -> int:
     return p.peak
 
 
+# below this, a CPU peak (RSS growth) is allocator noise: memory ratios are not reported
+MIN_RELIABLE_BYTES = 2**20
+
+
 @dataclass
 class Row:
     """A result row. ``speedup[b]`` = time of baseline ``b`` / this time (> 1: faster than ``b``);
@@ -135,7 +139,7 @@ def make_rows(suite: str, case: str, results: Dict[str, Measurement],
     for impl, m in results.items():
         sp = {b: results[b].ms / m.ms for b in baselines if b != impl and m.ms > 0}
         mem = {b: m.peak_bytes / results[b].peak_bytes for b in baselines
-               if b != impl and results[b].peak_bytes > 0}
+               if b != impl and min(m.peak_bytes, results[b].peak_bytes) >= MIN_RELIABLE_BYTES}
         rows.append(Row(suite, case, impl, m.ms, m.peak_bytes / 2**20, sp, mem))
     return rows
 
