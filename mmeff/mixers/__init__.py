@@ -17,6 +17,7 @@ from .mambavision import MambaVisionMixer
 from .linear_attention import LinearAttention
 from .retnet import MultiScaleRetention
 from .gla import GatedLinearAttention
+from .vig import ViGMixer
 from .hgrn2 import HGRN2
 from .rwkv6 import RWKV6TimeMix
 
@@ -24,4 +25,5 @@ __all__ = ["Mixer", "create_mixer", "list_mixers", "mixer_class", "register_mixe
            "Attention", "BlockSparseAttention", "MultiHeadLatentAttention", "MoBA",
            "NeighborhoodAttention", "NativeSparseAttention", "SlidingWindowAttention", "WindowAttention",
            "DeltaNet", "GatedDeltaNet", "Mamba", "Mamba2", "SS2D", "MambaVisionMixer",
-           "LinearAttention", "MultiScaleRetention", "GatedLinearAttention", "HGRN2", "RWKV6TimeMix"]
+           "LinearAttention", "MultiScaleRetention", "GatedLinearAttention", "HGRN2", "RWKV6TimeMix",
+           "ViGMixer"]
