@@ -191,3 +191,14 @@ def test_bad_inputs():
         mmeff.create_model("plainmamba_test", global_pool="token")
     with pytest.raises(ValueError, match="stem must be"):
         mmeff.create_model("vmamba_test", stem="hexagon")
+
+
+def test_vision_bench_quick():
+    from mmeff.bench import BenchConfig, run_suite
+    rows = run_suite("vision", BenchConfig(quick=True, lengths=(64,), tokens=32, repeat=1, warmup=0))
+    assert {r.impl for r in rows} == {"vim_test", "vmamba_test", "plainmamba_test", "deit_tiny", "swin_tiny"}
+    by = {r.impl: r for r in rows}
+    assert set(by["vim_test"].speedup) == {"deit_tiny", "swin_tiny"}
+    assert by["vim_test"].case == "64px B=2" and by["vim_test"].img_per_s == pytest.approx(2e3 / by["vim_test"].ms)
+    with pytest.raises(ValueError, match="divisible by 32"):
+        run_suite("vision", BenchConfig(quick=True, lengths=(80,), repeat=1, warmup=0))

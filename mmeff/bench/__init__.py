@@ -14,7 +14,7 @@ import torch
 
 from .harness import Measurement, Row, format_table, make_rows, measure, peak_memory, write_json
 
-SUITE_MODULES = {"mixers": "mixers"}
+SUITE_MODULES = {"mixers": "mixers", "vision": "vision"}
 _SUITES: Dict[str, Callable[["BenchConfig"], List[Row]]] = {}
 
 
