@@ -199,6 +199,7 @@ def test_vision_bench_quick():
     assert {r.impl for r in rows} == {"vim_test", "vmamba_test", "plainmamba_test", "deit_tiny", "swin_tiny"}
     by = {r.impl: r for r in rows}
     assert set(by["vim_test"].speedup) == {"deit_tiny", "swin_tiny"}
-    assert by["vim_test"].case == "64px B=2" and by["vim_test"].img_per_s == pytest.approx(2e3 / by["vim_test"].ms)
+    vim = by["vim_test"]
+    assert vim.case == "64px B=2" and vim.img_per_s == pytest.approx(2e3 / vim.ms)
     with pytest.raises(ValueError, match="divisible by 32"):
         run_suite("vision", BenchConfig(quick=True, lengths=(80,), repeat=1, warmup=0))
