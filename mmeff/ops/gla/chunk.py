@@ -8,17 +8,17 @@ start and ``G_C`` its last row:
     S' = exp(G_C) * S + (K * exp(G_C - G))^T V
 
 ``A`` for every chunk, the chunk-state contributions and the inter-chunk outputs are each one
-batched matmul; the only loop is the cheap ``S' = exp(G_C) * S + dS`` over chunks.
+batched matmul; the only loop is the cheap ``S' = exp(G_C) * S + dS`` over chunks.  A per-head
+decay (simple GLA) is the same computation with ``G`` broadcast over the key channels.
 
-Every exponent is a difference of cumulative decays *inside one chunk*, taken so that it is <= 0
-(masked to -inf before ``exp`` above the diagonal), so strong decays underflow to 0 and never
-overflow, whatever the sequence length.  A per-head decay (simple GLA) gives
-``A = (Q K^T) * exp(G_i - G_j)`` directly.  A per-channel decay (GLA) cannot be split into
-``exp(G_i) exp(-G_j)`` without overflow, so ``A`` is built by halving: for the two halves of a
-block, the cross block is a matmul of ``q exp(G - r)`` and ``k exp(r - G)`` with ``r`` the
-cumulative decay at the end of the first half (both factors <= 1), and each half recurses; the
-smallest blocks are summed elementwise.  This is the secondary chunking of fla's kernels
-(https://arxiv.org/abs/2312.06635, Sec. 4.2), applied at every scale.
+Exponents are cumulative decays *inside one chunk* (never across the sequence), so nothing grows
+with the sequence length.  ``A`` is one matmul, ``(Q * exp(G)) (K * exp(-G))^T`` masked, when
+every ``|G|`` of the chunk is below ``SAFE_SPAN`` (``exp(-G)`` then stays far from overflow):
+the usual case.  Under stronger decays the chunk is halved: the second half attends to the first
+through ``q exp(G - r)`` and ``k exp(r - G)`` with ``r`` the decay through the first half (both
+factors <= 1), and each half, re-based to its own start, recurses until it is safe (or a single
+token, ``A_ii = q_i . k_i``).  This is the secondary chunking of fla's kernels
+(https://arxiv.org/abs/2312.06635, Sec. 4.2), applied only where the decay demands it.
 """
 from __future__ import annotations
 
@@ -32,34 +32,39 @@ from .._dispatch import dispatch, register_impl
 from ._common import check_inputs, run_gla
 
 CHUNK_SIZE = 64  # measured on CPU (see the ops report): 32 and 128 are slower at T=4096, D=64
-SAFE_SPAN = 60.0  # GLA: blocks whose cumulative decay spans less than this are factorised at once
+SAFE_SPAN = 60.0  # blocks whose |cumulative decay| stays below this are factorised at once
 
 
-def _causal(n: int, device: torch.device) -> torch.Tensor:
-    return torch.ones(n, n, dtype=torch.bool, device=device).tril()
+def _safe(G: torch.Tensor) -> bool:
+    """Whether ``exp(G)`` and ``exp(-G)`` are both far from fp32 overflow for every entry."""
+    return bool(G.abs().amax() <= SAFE_SPAN)
 
 
-def _intra_per_head(q: torch.Tensor, k: torch.Tensor, G: torch.Tensor) -> torch.Tensor:
-    """``A`` for a per-head decay: q, k ``[..., C, K]``, G ``[..., C, 1]`` -> ``[..., C, C]``."""
-    diff = (G - G.transpose(-1, -2)).masked_fill(~_causal(G.shape[-2], G.device), float("-inf"))
-    return (q @ k.transpose(-1, -2)) * diff.exp()
+def _factorised(q: torch.Tensor, k: torch.Tensor, G: torch.Tensor):
+    """``A = tril((q exp(G)) (k exp(-G))^T)`` for a safe ``G``; also returns both factors."""
+    q_dec, k_inc = q * G.exp(), k * (-G).exp()
+    return (q_dec @ k_inc.transpose(-1, -2)).tril(), q_dec, k_inc
 
 
-def _intra_per_key(q: torch.Tensor, k: torch.Tensor, G: torch.Tensor) -> torch.Tensor:
-    """``A`` for a per-channel decay: q, k, G ``[..., n, K]`` (n a power of two) -> ``[..., n, n]``."""
+def _intra(q: torch.Tensor, k: torch.Tensor, G: torch.Tensor) -> torch.Tensor:
+    """``A = tril(sum_d q_id k_jd exp(G_id - G_jd))``: q, k ``[..., n, K]`` -> ``[..., n, n]``.
+
+    ``G`` ``[..., n, K or 1]`` is the cumulative log-decay from just before each block's first
+    token; ``n`` is a power of two.
+    """
     n = G.shape[-2]
-    span = (G.amax(-2) - G.amin(-2)).max()  # widest range of cumulative decay in any block
-    if n == 1 or span <= SAFE_SPAN:
-        # one factorisation around the mid-range r: every exponent lies within +-span/2
-        r = ((G.amax(-2, keepdim=True) + G.amin(-2, keepdim=True)) / 2).detach()
-        return ((q * (G - r).exp()) @ (k * (r - G).exp()).transpose(-1, -2)).tril()
+    if n == 1:
+        return (q * k).sum(-1, keepdim=True)  # [..., 1, 1]
+    if _safe(G):
+        return _factorised(q, k, G)[0]
     h = n // 2
     q2, k2, G2 = (t.unflatten(-2, (2, h)) for t in (q, k, G))  # [..., 2, h, K]: the two halves
-    r = G2[..., 0, -1:, :].detach()  # [..., 1, K] cumulative decay at the end of the first half
-    q_late = q2[..., 1, :, :] * (G2[..., 1, :, :] - r).exp()  # exponents <= 0
+    r = G2[..., 0, -1:, :].detach()  # [..., 1, K] decay through the first half (A is free of r)
+    G2 = G2 - torch.stack([torch.zeros_like(r), r], dim=-3)  # each half's decay from its own start
+    q_late = q2[..., 1, :, :] * G2[..., 1, :, :].exp()  # exponents <= 0
     k_early = k2[..., 0, :, :] * (r - G2[..., 0, :, :]).exp()
     cross = q_late @ k_early.transpose(-1, -2)  # [..., h, h]: second half attends to the first
-    halves = _intra_per_key(q2, k2, G2)  # [..., 2, h, h]
+    halves = _intra(q2, k2, G2)  # [..., 2, h, h]
     top = F.pad(halves[..., 0, :, :], (0, h))  # [..., h, 2h]
     bottom = torch.cat([cross, halves[..., 1, :, :]], dim=-1)
     return torch.cat([top, bottom], dim=-2)
@@ -76,29 +81,37 @@ def chunk_recurrence(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: Optio
     if pad:
         q, k, v = (F.pad(t, (0, 0, 0, 0, 0, pad)) for t in (q, k, v))
         g = None if g is None else F.pad(g, (0, 0, 0, 0, 0, pad))
-    q, k, v = (rearrange(t, "b (n c) h d -> b h n c d", c=C) for t in (q, k, v))  # [B, H, N, C, d]
+    # one copy each into the chunk-major layout: every matmul below then runs without copies
+    q, k, v = (rearrange(t, "b (n c) h d -> b h n c d", c=C).contiguous() for t in (q, k, v))
     if g is None:
         A = (q @ k.transpose(-1, -2)).tril()
         q_in, k_end, chunk_decay = q, k, None
     else:
         G = rearrange(g, "b (n c) h d -> b h n c d", c=C).cumsum(-2)  # [B, H, N, C, 1 or K]
-        A = _intra_per_head(q, k, G) if G.shape[-1] == 1 else _intra_per_key(q, k, G)
         G_end = G[..., -1:, :]  # [B, H, N, 1, 1 or K]
-        q_in = q * G.exp()  # queries see the chunk-start state decayed up to them
-        k_end = k * (G_end - G).exp()  # keys decayed to the chunk end
+        if _safe(G):  # the usual case: the factors of A also serve the inter-chunk terms
+            A, q_in, k_inc = _factorised(q, k, G)
+            k_end = k_inc * G_end.exp()
+        else:
+            A = _intra(q, k, G)  # [B, H, N, C, C]
+            q_in = q * G.exp()  # queries see the chunk-start state decayed up to them
+            k_end = k * (G_end - G).exp()  # keys decayed to the chunk end
         chunk_decay = G_end.transpose(-1, -2).exp()  # [B, H, N, 1 or K, 1]
     dS = k_end.transpose(-1, -2) @ v  # [B, H, N, K, V]: each chunk's own contribution
     S = q.new_zeros(B, H, K, V) if initial_state is None else initial_state
     starts = []
-    for n in range(q.shape[2]):
+    # unbind, not dS[:, :, n]: autograd then stacks the per-chunk gradients once instead of
+    # scattering each into a zero tensor of the full size
+    decays = [None] * q.shape[2] if chunk_decay is None else chunk_decay.unbind(2)
+    for dS_n, decay_n in zip(dS.unbind(2), decays):
         starts.append(S)
-        S = dS[:, :, n] + (S if chunk_decay is None else chunk_decay[:, :, n] * S)
+        S = dS_n + (S if decay_n is None else decay_n * S)
     o = q_in @ torch.stack(starts, dim=2) + A @ v  # [B, H, N, C, V]
     return rearrange(o, "b h n c v -> b (n c) h v")[:, :T], S
 
 
 def check_chunk_size(chunk_size: int) -> None:
-    """Chunks are powers of two (the per-channel intra-chunk matrix is built by halving)."""
+    """Chunks are powers of two (under strong decays the intra-chunk matrix is built by halving)."""
     if not isinstance(chunk_size, int) or chunk_size < 1 or chunk_size & (chunk_size - 1):
         raise ValueError(f"chunk_size must be a power of two, got {chunk_size!r}")
 

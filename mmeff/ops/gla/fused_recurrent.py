@@ -20,15 +20,16 @@ def recurrence(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: Optional[to
     """Token loop; ``g`` None, ``[B, T, H, 1]`` or ``[B, T, H, K]``; q pre-scaled."""
     B, T, H, K = q.shape
     V = v.shape[-1]
-    q = rearrange(q, "b t h k -> t (b h) 1 k")
-    k = rearrange(k, "b t h k -> t (b h) k 1")
-    v = rearrange(v, "b t h v -> t (b h) 1 v")
-    decay = None if g is None else rearrange(g.exp(), "b t h k -> t (b h) k 1")  # k is K or 1
+    # per-token views by unbind (autograd stacks their gradients once, no per-step scatter)
+    qs = rearrange(q, "b t h k -> t (b h) 1 k").unbind(0)
+    ks = rearrange(k, "b t h k -> t (b h) k 1").unbind(0)
+    vs = rearrange(v, "b t h v -> t (b h) 1 v").unbind(0)
+    decays = [None] * T if g is None else rearrange(g.exp(), "b t h k -> t (b h) k 1").unbind(0)
     S = q.new_zeros(B * H, K, V) if initial_state is None else initial_state.reshape(B * H, K, V)
     o = []
-    for t in range(T):
-        S = torch.baddbmm(S if decay is None else S * decay[t], k[t], v[t])
-        o.append(torch.bmm(q[t], S))
+    for q_t, k_t, v_t, decay_t in zip(qs, ks, vs, decays):  # decay_t: [BH, K or 1, 1]
+        S = torch.baddbmm(S if decay_t is None else S * decay_t, k_t, v_t)
+        o.append(torch.bmm(q_t, S))
     o = rearrange(torch.stack(o), "t (b h) 1 v -> b t h v", b=B)
     return o, S.reshape(B, H, K, V)
 

@@ -22,12 +22,13 @@ def naive_recurrence(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: Optio
     """The loop over tokens; ``g`` None, ``[B, T, H, 1]`` or ``[B, T, H, K]``, q pre-scaled."""
     B, T, H, K = q.shape
     S = q.new_zeros(B, H, K, v.shape[-1]) if initial_state is None else initial_state  # [B, H, K, V]
+    gates = [None] * T if g is None else g.unbind(1)
     o = []
-    for t in range(T):
-        if g is not None:
-            S = S * g[:, t].exp()[..., None]  # [B, H, K or 1, 1] broadcast over V
-        S = S + k[:, t, :, :, None] * v[:, t, :, None, :]
-        o.append(torch.einsum("bhk,bhkv->bhv", q[:, t], S))
+    for q_t, k_t, v_t, g_t in zip(q.unbind(1), k.unbind(1), v.unbind(1), gates):  # [B, H, d]
+        if g_t is not None:
+            S = S * g_t.exp()[..., None]  # [B, H, K or 1, 1] broadcast over V
+        S = S + k_t[..., :, None] * v_t[..., None, :]
+        o.append(torch.einsum("bhk,bhkv->bhv", q_t, S))
     return torch.stack(o, dim=1), S  # [B, T, H, V], [B, H, K, V]
 
 
