@@ -12,8 +12,9 @@ from mmeff.testing import assert_close, random_splits, run_in_chunks
 
 DIM = 64
 # mixers whose construction needs more than a width (e.g. a grid for 2D/3D neighbourhoods)
-EXTRA_KW = {}
-GRID_L = {}  # mixer name -> sequence length implied by its grid
+EXTRA_KW = {"neighborhood": dict(grid=(3, 4, 5), kernel_size=3),
+            "window": dict(grid=(4, 6), window_size=2, shift_size=1)}
+GRID_L = {"neighborhood": 60, "window": 24}  # mixer name -> sequence length implied by its grid
 
 
 def _mixer(name, causal):

@@ -18,14 +18,14 @@ from einops import rearrange
 from torch.utils.checkpoint import checkpoint
 
 from .naive import naive_attention
-from .patterns import Pattern, Rule, cdiv
+from .patterns import Pattern, cdiv
 
 CHUNK_ELEMENTS = 1 << 24  # scores + gathered keys/values held at once (about 64 MB in fp32)
 
 
 def _attend_blocks(q: torch.Tensor, kb: torch.Tensor, vb: torch.Tensor, loc: torch.Tensor,
                    kpos: torch.Tensor, kok: torch.Tensor, qpos: torch.Tensor,
-                   rule: Optional[Rule], scale: float) -> torch.Tensor:
+                   pattern: Pattern, scale: float) -> torch.Tensor:
     """One chunk: ``q[B, Hk, C, M, D]`` against key blocks ``kb[B, Hk, nKB, bk, D]`` at ``loc[Bi, Hi, C, n]``."""
     B, Hk = q.shape[:2]
     b_ix = torch.arange(B, device=q.device)[:, None, None, None]
@@ -34,8 +34,9 @@ def _attend_blocks(q: torch.Tensor, kb: torch.Tensor, vb: torch.Tensor, loc: tor
     vg = vb[b_ix, h_ix, loc].flatten(3, 4)
     s = torch.einsum("bhcmd,bhckd->bhcmk", q, kg).float() * scale  # [B, Hk, C, M, n*bk]
     m = kok[..., None, :]
+    rule = pattern.mask(qpos[:, :, None], kpos[..., None, :])
     if rule is not None:
-        m = m & rule(qpos[:, :, None], kpos[..., None, :])
+        m = m & rule
     s = s.masked_fill(~m, float("-inf"))
     e = (s - s.amax(-1, keepdim=True).detach().clamp(min=-1e30)).exp()
     p = e / e.sum(-1, keepdim=True).clamp(min=1e-30)
@@ -74,7 +75,7 @@ def gather_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pattern:
     outs = []
     for c in range(0, nqb, chunk):
         sl = slice(c, c + chunk)
-        args = (qb[:, :, sl], kb, vb, loc[:, :, sl], kpos[:, :, sl], kok[:, :, sl], qpos[sl], p.rule, scale)
+        args = (qb[:, :, sl], kb, vb, loc[:, :, sl], kpos[:, :, sl], kok[:, :, sl], qpos[sl], p, scale)
         outs.append(checkpoint(_attend_blocks, *args, use_reentrant=False) if ckpt else _attend_blocks(*args))
     o = rearrange(torch.cat(outs, dim=2), "b h n (g t) d -> b (n t) (h g) d", g=G)[:, q_lead:q_lead + T]
     rows = min(p.dense_rows - p.q_start, T)

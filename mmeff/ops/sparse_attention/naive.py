@@ -19,7 +19,9 @@ def pattern_mask(pattern: Pattern, T: int, S: int, device) -> torch.Tensor:
     p = pattern
     qpos = torch.arange(p.q_start, p.q_start + T, device=device)[:, None]
     kpos = torch.arange(p.k_start, p.k_start + S, device=device)[None, :]
-    mask = p.rule(qpos, kpos) if p.rule is not None else torch.ones(T, S, dtype=torch.bool, device=device)
+    mask = p.mask(qpos, kpos)
+    if mask is None:
+        mask = torch.ones(T, S, dtype=torch.bool, device=device)
     if p.selective:
         qa0, ka0 = p.q_start // p.block_q, p.k_start // p.block_k
         nkb = (p.k_start + S - 1) // p.block_k - ka0 + 1

@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-Rule = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+Rule = Callable[..., torch.Tensor]
 
 
 @dataclass
@@ -28,7 +28,10 @@ class Pattern:
     """A sparse attention pattern (see the module docstring).
 
     Attributes:
-        rule: ``rule(qpos, kpos) -> bool`` on broadcastable absolute positions (None: all pairs).
+        rule: ``rule(qpos, kpos, **params) -> bool`` on broadcastable absolute positions (None: all
+            pairs); a module-level function, its numbers in ``params`` (FlexAttention passes them as
+            tensors, so a new window size or grid does not recompile the kernel).
+        params: the rule's parameters (ints, tuples of ints, bools).
         block_q, block_k: block sizes of ``kv_blocks``.
         kv_blocks: ``[Bi, Hi, nQB, n]`` absolute key-block ids for each query block from
             ``q_start // block_q`` on; -1 marks an empty slot; Bi in {1, B}, Hi in {1, Hk, H}.
@@ -39,6 +42,7 @@ class Pattern:
     """
 
     rule: Optional[Rule]
+    params: Dict[str, Any]
     block_q: int
     block_k: int
     kv_blocks: torch.Tensor
@@ -46,6 +50,10 @@ class Pattern:
     k_start: int = 0
     selective: bool = False
     dense_rows: int = 0
+
+    def mask(self, qpos: torch.Tensor, kpos: torch.Tensor) -> Optional[torch.Tensor]:
+        """The rule on absolute positions (None when every pair is allowed)."""
+        return None if self.rule is None else self.rule(qpos, kpos, **self.params)
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -116,19 +124,31 @@ def table_from_blocks(kv_blocks: torch.Tensor, first: int, nkb: int) -> torch.Te
 
 # ----------------------------------------------------------------------------- 1D patterns
 
+def causal_rule(i, j):
+    return j <= i
+
+
+def sliding_rule(i, j, window, causal: bool):
+    d = i - j
+    m = (d < window) & (d > -window)
+    return m & (d >= 0) if causal else m
+
+
 def sliding_window(T: int, S: int, window: int, causal: bool, block: int,
                    k_start: int = 0, device=None) -> Pattern:
     """Keys with ``|i - j| < window`` (and ``j <= i`` if causal); queries are the last T positions."""
     q_start = k_start + S - T
-
-    def rule(i, j):
-        d = i - j
-        m = (d < window) & (d > -window)
-        return m & (d >= 0) if causal else m
-
     lo, hi = _query_blocks(T, q_start, block, device)
     kv = range_blocks(lo - window + 1, hi if causal else hi + window - 1, S, k_start, block)
-    return Pattern(rule, block, block, kv, q_start, k_start)
+    return Pattern(sliding_rule, dict(window=window, causal=causal), block, block, kv, q_start, k_start)
+
+
+def block_sparse_rule(i, j, block, num_local, num_global, stride, strided: bool, causal: bool):
+    d = torch.div(i, block, rounding_mode="floor") - torch.div(j, block, rounding_mode="floor")
+    m = (d <= num_local) & (d >= -num_local) | (j < num_global)
+    if strided:
+        m = m | (d % stride == 0)
+    return m & (j <= i) if causal else m | (i < num_global)
 
 
 def block_sparse(T: int, S: int, block: int, num_local_blocks: int, num_global_tokens: int,
@@ -141,16 +161,8 @@ def block_sparse(T: int, S: int, block: int, num_local_blocks: int, num_global_t
     """
     q_start = S - T
     g = num_global_tokens
-
-    def rule(i, j):
-        qa, kb = i // block, j // block
-        d = qa - kb
-        m = (d <= num_local_blocks) & (d >= -num_local_blocks)
-        if stride:
-            m = m | (d % stride == 0)
-        m = m | (j < g) if causal else m | (j < g) | (i < g)
-        return m & (j <= i) if causal else m
-
+    params = dict(block=block, num_local=num_local_blocks, num_global=g, stride=max(stride, 1),
+                  strided=stride > 0, causal=causal)
     qa = torch.arange(q_start // block, (S - 1) // block + 1, device=device)[:, None]
     kb = torch.arange(0, (S - 1) // block + 1, device=device)[None, :]
     d = qa - kb
@@ -159,8 +171,12 @@ def block_sparse(T: int, S: int, block: int, num_local_blocks: int, num_global_t
         table |= d % stride == 0
     if causal:
         table &= d >= 0
-    return Pattern(rule, block, block, blocks_from_table(table, 0)[None, None], q_start, 0,
-                   dense_rows=0 if causal else g)
+    return Pattern(block_sparse_rule, params, block, block, blocks_from_table(table, 0)[None, None],
+                   q_start, 0, dense_rows=0 if causal else g)
+
+
+def compressed_rule(i, j, block, stride):
+    return j * stride + block - 1 <= i
 
 
 def compressed(T: int, n_cmp: int, block: int, stride: int, q_start: int, causal: bool,
@@ -170,20 +186,16 @@ def compressed(T: int, n_cmp: int, block: int, stride: int, q_start: int, causal
     Key positions here are compressed-token indices, query positions are token positions;
     without ``causal`` every query sees every compressed token.
     """
-
-    def rule(i, j):
-        return j * stride + block - 1 <= i
-
     lo, hi = _query_blocks(T, q_start, tile, device)
     last = torch.div(hi - block + 1, stride, rounding_mode="floor") if causal else torch.full_like(hi, n_cmp - 1)
     kv = range_blocks(torch.zeros_like(lo), last, n_cmp, 0, tile)
-    return Pattern(rule if causal else None, tile, tile, kv, q_start, 0)
+    return Pattern(compressed_rule if causal else None, dict(block=block, stride=stride), tile, tile, kv,
+                   q_start, 0)
 
 
 def selected(kv_blocks: torch.Tensor, block: int, causal: bool, q_start: int) -> Pattern:
     """Per-token block selection (MoBA, NSA): ``kv_blocks[Bi, Hi, T, n]``; causal inside blocks."""
-    rule = (lambda i, j: j <= i) if causal else None
-    return Pattern(rule, 1, block, kv_blocks, q_start, 0, selective=True)
+    return Pattern(causal_rule if causal else None, {}, 1, block, kv_blocks, q_start, 0, selective=True)
 
 
 # ----------------------------------------------------------------------------- grid patterns
@@ -194,6 +206,23 @@ def _na_window_start(c: torch.Tensor, n: int, k: int, d: int) -> torch.Tensor:
     m = torch.div(n - r - 1, d, rounding_mode="floor") + 1  # length of c's dilation sub-sequence
     st = torch.minimum((torch.div(c, d, rounding_mode="floor") - k // 2).clamp(min=0), m - k)
     return st * d + r
+
+
+def _na_window(c: torch.Tensor, n, k, d, causal: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(first, last) coordinate of the window of queries at ``c`` on one axis."""
+    if causal:
+        return c - (k - 1) * d, c
+    s = _na_window_start(c, n, k, d)
+    return s, s + (k - 1) * d
+
+
+def neighborhood_rule(i, j, grid, kernel, dilation, causal: Tuple[bool, ...]):
+    m = None
+    for a, (ci, cj) in enumerate(zip(unravel(i, grid), unravel(j, grid))):
+        lo, hi = _na_window(ci, grid[a], kernel[a], dilation[a], causal[a])
+        ok = (cj >= lo) & (cj <= hi) & ((cj - ci) % dilation[a] == 0)
+        m = ok if m is None else m & ok
+    return m
 
 
 def neighborhood(T: int, S: int, grid: Sequence[int], kernel: Sequence[int], dilation: Sequence[int],
@@ -207,22 +236,10 @@ def neighborhood(T: int, S: int, grid: Sequence[int], kernel: Sequence[int], dil
     """
     q_start = k_start + S - T
     ndim = len(grid)
+    params = dict(grid=tuple(grid), kernel=tuple(kernel), dilation=tuple(dilation), causal=tuple(causal))
 
     def window(c, a):
-        """(first, last) coordinate of the axis-a window of queries at c."""
-        k, d = kernel[a], dilation[a]
-        if causal[a]:
-            return c - (k - 1) * d, c
-        s = _na_window_start(c, grid[a], k, d)
-        return s, s + (k - 1) * d
-
-    def rule(i, j):
-        m = None
-        for a, (ci, cj) in enumerate(zip(unravel(i, grid), unravel(j, grid))):
-            lo, hi = window(ci, a)
-            ok = (cj >= lo) & (cj <= hi) & ((cj - ci) % dilation[a] == 0)
-            m = ok if m is None else m & ok
-        return m
+        return _na_window(c, grid[a], kernel[a], dilation[a], causal[a])
 
     # block cover: each query's window is a set of rows (all axes but the last) times one span of
     # the last axis; mark the key blocks of every such flat range with a difference array.
@@ -248,7 +265,8 @@ def neighborhood(T: int, S: int, grid: Sequence[int], kernel: Sequence[int], dil
         flat = (row * (nkb + 1) + col)[keep]
         diff.view(-1).index_add_(0, flat, torch.full_like(flat, sign))
     table = diff.cumsum(-1)[:, :nkb] > 0
-    return Pattern(rule, block, block, blocks_from_table(table, first)[None, None], q_start, k_start)
+    return Pattern(neighborhood_rule, params, block, block, blocks_from_table(table, first)[None, None],
+                   q_start, k_start)
 
 
 def window_groups(coords: Sequence[torch.Tensor], window: Sequence[int],
