@@ -37,6 +37,8 @@ def check_inputs(u, delta, A, B, C, D, z, delta_bias, initial_state) -> None:
     if not isinstance(u, torch.Tensor) or u.dim() != 3:
         raise ValueError(f"u must be a 3D tensor [B, D, L], got {_describe(u)}")
     b, d, l = u.shape
+    if l == 0:
+        raise ValueError(f"u must hold at least one token (L >= 1), got shape {tuple(u.shape)}")
     _check_shape("delta", delta, (b, d, l), "[B, D, L]")
     if not isinstance(A, torch.Tensor) or A.dim() != 2 or A.shape[0] != d:
         raise ValueError(f"A must have shape [D, N] with D = {d}, got {_describe(A)}")

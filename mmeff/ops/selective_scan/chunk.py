@@ -11,8 +11,8 @@ position, and only products of per-step decays (all <= 1) are ever formed:
 3. each chunk again from its true entering state, reading ``y_t = C_t h_t`` on the way.
 
 With ``Q ~ sqrt(L)`` that is ``~3 sqrt(L)`` batched steps instead of ``L`` (64 + 64 + 64 at
-L=4096), nothing is materialised at ``[B, D, L, N]`` size, and there is no overflow at any length.
-Gradients come from autograd through these steps.
+L=4096), without autograd nothing is held at ``[B, D, L, N]`` size, and nothing overflows at any
+length.  Gradients come from autograd through these steps.
 """
 from __future__ import annotations
 
@@ -48,8 +48,15 @@ def chunk_core(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tens
     C_ = rearrange(C, "b g n (k q) -> q b k g 1 n", q=q).contiguous()
     A_ = rearrange(A, "(g e) n -> g n e", g=g)
 
+    # autograd holds every per-step decay anyway: then compute each once, else recompute it
+    # (cheaper than holding [B, D, L, N] of them)
+    keep, decays = torch.is_grad_enabled() and (dt.requires_grad or A.requires_grad), {}
+
     def advance(h: torch.Tensor, j: int) -> torch.Tensor:  # h: [B, K, G, N, E]
-        return (torch.exp(dt_[j] * A_) * h).addcmul_(x_[j], B_[j])
+        dA = decays[j] if j in decays else torch.exp(dt_[j] * A_)
+        if keep:
+            decays[j] = dA
+        return (dA * h).addcmul_(x_[j], B_[j])
 
     state = x.new_zeros(b, g, n, d // g) if h0 is None else rearrange(h0, "b (g e) n -> b g n e", g=g)
     entering = [state]

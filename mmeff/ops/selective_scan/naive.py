@@ -18,13 +18,14 @@ from ._common import Result, run_selective_scan
 def naive_core(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
                h0: Optional[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
     """One token at a time (see :mod:`._common` for the layouts)."""
-    b, d, l = x.shape
+    b, d, _ = x.shape
     B, C = (repeat(t, "b g n l -> b (g e) n l", e=d // t.shape[1]) for t in (B, C))  # [B, D, N, L]
     h = x.new_zeros(b, d, A.shape[1]) if h0 is None else h0  # [B, D, N]
     ys = []
-    for t in range(l):
-        h = torch.exp(dt[:, :, t, None] * A) * h + x[:, :, t, None] * B[..., t]
-        ys.append((h * C[..., t]).sum(-1))  # [B, D]
+    # unbind, not indexing, so that autograd gathers the per-token gradients once
+    for dt_t, x_t, B_t, C_t in zip(*(t.unbind(-1) for t in (dt, x, B, C))):
+        h = torch.exp(dt_t[..., None] * A) * h + x_t[..., None] * B_t
+        ys.append((h * C_t).sum(-1))  # [B, D]
     return torch.stack(ys, dim=-1), h
 
 

@@ -37,6 +37,8 @@ def check_inputs(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states) -> N
     if not isinstance(x, torch.Tensor) or x.dim() != 4:
         raise ValueError(f"x must be a 4D tensor [B, L, H, P], got {_describe(x)}")
     b, l, h, p = x.shape
+    if l == 0:
+        raise ValueError(f"x must hold at least one token (L >= 1), got shape {tuple(x.shape)}")
     _check_shape("dt", dt, (b, l, h), "[B, L, H]")
     _check_shape("A", A, (h,), "[H]")
     if not isinstance(B, torch.Tensor) or B.dim() != 4 or tuple(B.shape[:2]) != (b, l) \

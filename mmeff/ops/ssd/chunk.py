@@ -18,6 +18,8 @@ from einops import rearrange
 from .._dispatch import dispatch, register_impl
 from ._common import Result, check_inputs, run_ssd
 
+CPU_CHUNK_SIZE = 64  # the fastest chunk on CPU; chunk_size only changes speed, not results
+
 
 def segsum(a: torch.Tensor) -> torch.Tensor:
     """``[..., Q] -> [..., Q, Q]``: ``out[t, s] = a_{s+1} + ... + a_t`` for ``s <= t``, else -inf.
@@ -74,7 +76,13 @@ def chunked_ssd(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Ten
                 dt_bias: Optional[torch.Tensor] = None, initial_states: Optional[torch.Tensor] = None,
                 dt_softplus: bool = False, return_final_states: bool = False,
                 reverse: bool = False) -> Result:
-    """The chunked implementation behind ``mamba_chunk_scan_combined``."""
+    """The chunked implementation behind ``mamba_chunk_scan_combined``.
+
+    On CPU the chunk is capped at :data:`CPU_CHUNK_SIZE` tokens: the intra-chunk work grows with
+    the chunk while the loop over chunks is cheap there (at L=4096, 64 runs ~3x faster than 256).
+    """
+    if x.device.type == "cpu":
+        chunk_size = min(chunk_size, CPU_CHUNK_SIZE)
     return run_ssd(chunk_core, x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states,
                    dt_softplus, return_final_states, reverse)
 
@@ -94,7 +102,8 @@ def mamba_chunk_scan_combined(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor
     Args:
         x: ``[B, L, H, P]``.  dt: ``[B, L, H]``.  A: ``[H]`` (negative for a decaying state).
         B, C: ``[B, L, G, N]`` with G groups of ``H/G`` heads each.
-        chunk_size: tokens per chunk (mamba_ssm uses 256); results do not depend on it.
+        chunk_size: tokens per chunk (mamba_ssm uses 256; on CPU at most 64 are used, the fastest
+            there); results do not depend on it.
         D: ``[H]`` or ``[H, P]`` skip weights.  z: ``[B, L, H, P]`` gate.  dt_bias: ``[H]``.
         initial_states: fp32 ``[B, H, P, N]`` state before the first token.
         dt_softplus: apply softplus to ``dt + dt_bias``.

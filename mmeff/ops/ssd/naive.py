@@ -19,14 +19,15 @@ from ._common import Result, run_ssd
 def naive_core(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
                h0: Optional[torch.Tensor], chunk_size: int) -> Tuple[torch.Tensor, torch.Tensor]:
     """One token at a time (see :mod:`._common` for the layouts); ``chunk_size`` is unused."""
-    b, l, h, p = x.shape
+    b, _, h, p = x.shape
     B, C = (repeat(t, "b l g n -> b l (g e) n", e=h // t.shape[2]) for t in (B, C))  # [B, L, H, N]
     state = x.new_zeros(b, h, p, B.shape[-1]) if h0 is None else h0  # [B, H, P, N]
     ys = []
-    for t in range(l):
-        decay = torch.exp(dt[:, t] * A)[..., None, None]  # [B, H, 1, 1]
-        state = decay * state + (dt[:, t, :, None] * x[:, t])[..., None] * B[:, t, :, None, :]
-        ys.append((state * C[:, t, :, None, :]).sum(-1))  # [B, H, P]
+    # unbind, not indexing, so that autograd gathers the per-token gradients once
+    for x_t, dt_t, B_t, C_t in zip(*(t.unbind(1) for t in (x, dt, B, C))):
+        decay = torch.exp(dt_t * A)[..., None, None]  # [B, H, 1, 1]
+        state = decay * state + (dt_t[..., None] * x_t)[..., None] * B_t[:, :, None, :]
+        ys.append((state * C_t[:, :, None, :]).sum(-1))  # [B, H, P]
     return torch.stack(ys, dim=1), state
 
 
