@@ -1,4 +1,4 @@
-"""Mixture-of-experts layer: fast dispatch == per-token reference, routing, losses, balancing, upcycling."""
+"""MoE layer: fast dispatch == per-token reference, routing, losses, balancing, upcycling."""
 import functools
 import math
 
@@ -59,7 +59,19 @@ def test_bf16_close_to_fp32_reference():
     x = torch.randn(2, 33, 60)
     ref = moe_naive(moe, x)
     moe_bf16 = moe.to(torch.bfloat16)
+    assert moe_bf16.expert_bias.dtype == torch.float32  # 1e-3 bias steps need fp32
     assert_close("bf16", moe_bf16(x.bfloat16()).float(), ref, 3e-2)
+
+
+def test_cpu_autocast_bf16():
+    moe = _moe(num_shared_experts=1)
+    x = torch.randn(2, 33, 60, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = moe(x)
+    assert y.dtype == torch.float32
+    assert_close("autocast", y, moe_naive(moe, x), 3e-2)
+    y.sum().backward()
+    assert moe.w1.grad.dtype == torch.float32 and torch.isfinite(x.grad).all()
 
 
 def test_dropless_drops_nothing_even_when_all_tokens_pick_one_expert():

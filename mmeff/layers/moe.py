@@ -14,8 +14,9 @@ Papers:
 
 Dispatch sorts the (token, expert) assignments by expert and runs all experts at once: one
 ``torch.nn.functional.grouped_mm`` over the jagged groups on CUDA sm90+ in bf16, otherwise one
-``torch.bmm`` over the groups padded to the largest one (CPU, other GPUs, fp32/fp16).  The combine
-is a single ``index_add_`` weighted by the gates.  ``moe_naive`` is the per-token reference.
+``torch.bmm`` over the groups padded to the largest one (CPU, other GPUs, fp32/fp16); no Python
+loop over tokens or experts.  The combine is one ``index_add_`` of the gated rows onto the shared
+experts' output.  ``moe_naive`` is the per-token reference.
 """
 from __future__ import annotations
 
@@ -83,7 +84,9 @@ class MoE(nn.Module):
         capacity_factor: None (dropless) or > 0.
         normalize_gates: renormalise the top-k gates to sum to 1; None means ``top_k > 1`` (a top-1
             gate of exactly 1 would give the router no gradient: Switch keeps the raw probability).
-        aux_loss_coef: alpha of the Switch loss ``alpha * E * sum_i f_i P_i`` (0 turns it off).
+        aux_loss_coef: alpha of the Switch loss ``alpha * E * sum_i f_i P_i`` (0 turns it off;
+            f_i: share of the N*k assignments routed to expert i, before dropping; P_i: mean router
+            probability, sigmoid scores normalised per token; equals alpha when balanced).
         z_loss_coef: weight of the router z-loss ``mean(logsumexp(logits)^2)`` (ST-MoE uses 1e-3).
         causal: the layer sits in a causal model (rules out expert choice).
         impl: ``'auto'``, ``'grouped_mm'`` or ``'bmm'`` (expert-choice groups are equal: always bmm).
@@ -113,7 +116,8 @@ class MoE(nn.Module):
         if impl not in IMPLS:
             raise unknown_name_error("impl", impl, IMPLS)
         if capacity_factor is not None and not capacity_factor > 0:
-            raise ValueError(f"capacity_factor must be None (dropless) or > 0, got {capacity_factor!r}")
+            raise ValueError(f"capacity_factor must be None (dropless) or > 0, "
+                             f"got {capacity_factor!r}")
         for name, value in (("aux_loss_coef", aux_loss_coef), ("z_loss_coef", z_loss_coef)):
             if not value >= 0:
                 raise ValueError(f"{name} must be >= 0, got {value!r}")
@@ -145,12 +149,19 @@ class MoE(nn.Module):
             self.shared = mlp(in_features, num_shared_experts * h1, out_features,
                               act_layer=act_layer, bias=bias, **fk)
         self.register_buffer("expert_bias", torch.zeros(E, device=device), persistent=True)
-        self.register_buffer("_load_since_update", torch.zeros(E, device=device), persistent=False)
+        self.register_buffer("_load_since_update", torch.zeros(E, dtype=torch.long, device=device),
+                             persistent=False)
         self.aux_loss = torch.zeros(())
         self.last_load = torch.zeros(E, dtype=torch.long)
         self.last_dropped = torch.zeros((), dtype=torch.long)
         self._last_units = 0
         self.reset_parameters()
+
+    def _apply(self, fn, recurse=True):
+        super()._apply(fn, recurse)
+        # the selection bias stays fp32 when the module is cast: bf16 would swallow 1e-3 steps
+        self.expert_bias = self.expert_bias.float()
+        return self
 
     def reset_parameters(self) -> None:
         """Each expert initialised like an ``nn.Linear`` pair: U(+-1/sqrt(fan_in))."""
@@ -208,19 +219,17 @@ class MoE(nn.Module):
             return value * self.act(gate)
         return self.act(h)
 
-    def _experts(self, x: torch.Tensor, matmul: Callable, bias_of: Callable) -> torch.Tensor:
-        """The expert MLPs over rows already grouped by expert; ``matmul(x, w[E, ...])`` applies
-        each group's weight and ``bias_of(b[E, ...])`` lays a bias out like the rows."""
-        h = matmul(x, self.w1)
-        if self.b1 is not None:
-            h = h + bias_of(self.b1)
-        y = matmul(self._activate(h), self.w2)
-        if self.b2 is not None:
-            y = y + bias_of(self.b2)
-        return y
+    def _experts(self, x: torch.Tensor, linear: Callable) -> torch.Tensor:
+        """The expert MLPs over rows already grouped by expert; ``linear(x, w[E, ...], b[E, ...])``
+        applies each group's weight and bias (``b`` may be None)."""
+        return linear(self._activate(linear(x, self.w1, self.b1)), self.w2, self.b2)
 
     def _experts_bmm(self, x: torch.Tensor) -> torch.Tensor:  # [E, C, D] -> [E, C, D_out]
-        return self._experts(x, torch.bmm, lambda b: b[:, None])
+        def linear(a, w, b):  # add_ in place: cheaper on CPU than baddbmm's broadcast copy
+            y = torch.bmm(a, w)
+            return y if b is None else y.add_(b[:, None].to(y.dtype))
+
+        return self._experts(x, linear)
 
     def _experts_grouped(self, x: torch.Tensor, sizes: torch.Tensor) -> torch.Tensor:
         """Rows ``x[R, D]`` in consecutive groups of ``sizes[E]`` rows (the last takes any rest)."""
@@ -229,9 +238,12 @@ class MoE(nn.Module):
         offs = sizes.cumsum(0).to(torch.int32)
         expert_of_row = torch.repeat_interleave(torch.arange(self.num_experts, device=x.device),
                                                 sizes, output_size=x.shape[0])  # [R]
-        return self._experts(
-            x.to(dtype), lambda a, w: F.grouped_mm(a.to(dtype), w.to(dtype), offs=offs),
-            lambda b: b[expert_of_row])
+
+        def linear(a, w, b):
+            y = F.grouped_mm(a.to(dtype), w.to(dtype), offs=offs)
+            return y if b is None else y + b.index_select(0, expert_of_row)
+
+        return self._experts(x, linear)
 
     def _use_grouped(self, x: torch.Tensor) -> bool:
         dims = (self.in_features, self.out_features, self.expert_hidden)
@@ -252,18 +264,20 @@ class MoE(nn.Module):
 
     # ---------------------------------------------------------------- dispatch
     def _token_choice(self, x: torch.Tensor, idx: torch.Tensor, gates: torch.Tensor,
-                      grouped: bool) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                      grouped: bool) -> Tuple[torch.Tensor, ...]:
         """Sort-by-expert dispatch of ``x[N, D]`` to ``idx[N, k]`` with ``gates[N, k]``; ``grouped``
-        picks grouped_mm over padded bmm.  Returns ``(y[N, D_out], load[E], dropped)``."""
+        picks grouped_mm over padded bmm.
+
+        Returns ``(yr[R, D_out], src[R], weight[R], load[E], dropped)``: expert outputs by row, the
+        token and gate of each row (gate 0 on padding), assignments per expert, dropped count.
+        """
         (n, k), num_e, dev = idx.shape, self.num_experts, x.device
         expert = idx.t().reshape(-1)                             # [k*N] first choices first
         token = torch.arange(n, device=dev).repeat(k)            # [k*N]
-        gate = gates.t().reshape(-1)                             # [k*N]
         load = torch.bincount(expert, minlength=num_e)           # [E]
-        start = load.cumsum(0) - load
         order = torch.argsort(expert, stable=True)
-        rank = torch.empty_like(order)                           # place within its expert's queue
-        rank[order] = torch.arange(n * k, device=dev) - start[expert[order]]
+        rank = torch.empty_like(order)                           # place in its expert's queue
+        rank[order] = torch.arange(n * k, device=dev) - (load.cumsum(0) - load)[expert[order]]
         cap = self.capacity(n)
         kept = load if cap is None else load.clamp(max=cap)
         if grouped:  # jagged groups, no padding; a static row count avoids a host sync
@@ -276,60 +290,56 @@ class MoE(nn.Module):
         if cap is not None:
             row = torch.where(rank < cap, row, rows)            # dropped -> a discarded slot
         src = torch.zeros(rows + 1, dtype=torch.long, device=dev).scatter_(0, row, token)[:rows]
-        weight = gate.new_zeros(rows + 1).scatter(0, row, gate)[:rows]  # 0 on padding / drops
-        xr = x[src]                                              # [R, D] grouped by expert
+        weight = gates.new_zeros(rows + 1).scatter(0, row, gates.t().reshape(-1))[:rows]
+        xr = x.index_select(0, src)                              # [R, D] grouped by expert
         if grouped:
             yr = self._experts_grouped(xr, kept)
         else:
             yr = self._experts_bmm(rearrange(xr, "(e c) d -> e c d", e=num_e))
             yr = rearrange(yr, "e c d -> (e c) d")
-        y = yr.new_zeros(n, self.out_features).index_add_(0, src, yr * weight[:, None].to(yr.dtype))
-        return y, load, load.sum() - kept.sum()
+        return yr, src, weight, load, load.sum() - kept.sum()
 
-    def _expert_choice(self, x: torch.Tensor,
-                       scores: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Each expert takes its top-c tokens of each sequence.  ``x[G, L, D]``, ``scores[G, L, E]``."""
+    def _expert_choice(self, x: torch.Tensor, scores: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+        """Each expert takes its top-c tokens of each sequence of ``x[G, L, D]`` by
+        ``scores[G, L, E]``.  Returns like :meth:`_token_choice` (dropped: tokens no expert took)."""
         g, length, _ = x.shape
         c = self.capacity(length)
         gate, pick = scores.topk(c, dim=1)                        # [G, c, E]
         pick = pick + torch.arange(g, device=x.device)[:, None, None] * length
         src = rearrange(pick, "g c e -> (e g c)")                # [E*G*c] token of each row
-        weight = rearrange(gate, "g c e -> (e g c)")
-        xf = rearrange(x, "g l d -> (g l) d")
-        yr = self._experts_bmm(rearrange(xf[src], "(e r) d -> e r d", e=self.num_experts))
-        yr = rearrange(yr, "e r d -> (e r) d")
-        y = yr.new_zeros(g * length, self.out_features)
-        y = y.index_add_(0, src, yr * weight[:, None].to(yr.dtype))
+        xr = rearrange(x, "g l d -> (g l) d").index_select(0, src)
+        yr = self._experts_bmm(rearrange(xr, "(e r) d -> e r d", e=self.num_experts))
         unpicked = (torch.bincount(src, minlength=g * length) == 0).sum()
         load = torch.full((self.num_experts,), g * c, dtype=torch.long, device=x.device)
-        return y, load, unpicked
+        weight = rearrange(gate, "g c e -> (e g c)")
+        return rearrange(yr, "e r d -> (e r) d"), src, weight, load, unpicked
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [..., D] -> [..., D_out]
         if x.shape[-1] != self.in_features:
             raise ValueError(f"MoE expects x[..., {self.in_features}], got {tuple(x.shape)}")
-        lead = x.shape[:-1]
-        logits = self.router_logits(x)                           # [..., E] fp32
+        xf = x.reshape(-1, self.in_features)                     # [N, D]
+        logits = self.router_logits(xf)                          # [N, E] fp32
         scores = self.scores(logits)
+        grouped = False
         if self.router_type == "expert_choice":
             xg = x.reshape(-1, *x.shape[-2:]) if x.dim() > 2 else x[None]  # [G, L, D]
-            y, load, dropped = self._expert_choice(xg, scores.reshape(*xg.shape[:2], -1))
-            grouped = False
+            yr, src, weight, load, dropped = self._expert_choice(
+                xg, scores.reshape(*xg.shape[:2], -1))
         else:
-            xf = x.reshape(-1, self.in_features)
-            idx, gates = self.select(scores.reshape(xf.shape[0], -1))
+            idx, gates = self.select(scores)
             grouped = self._use_grouped(x)
-            y, load, dropped = self._token_choice(xf, idx, gates, grouped)
+            yr, src, weight, load, dropped = self._token_choice(xf, idx, gates, grouped)
         _announce(x.device, grouped)
-        y = y.reshape(*lead, self.out_features).to(x.dtype)
-        if self.shared is not None:
-            y = y + self.shared(x)
-        flat = logits.reshape(-1, self.num_experts)
-        self.aux_loss = self._aux_loss(flat, scores.reshape(flat.shape), load)
+        # combine: the gated expert outputs are added onto the shared experts' output (or zeros)
+        y = self.shared(xf).to(yr.dtype) if self.shared is not None else yr.new_zeros(
+            xf.shape[0], self.out_features)
+        y = y.index_add_(0, src, yr * weight[:, None].to(yr.dtype))
+        self.aux_loss = self._aux_loss(logits, scores, load)
         self.last_load, self.last_dropped = load.detach(), dropped.detach()
-        self._last_units = flat.shape[0] * (1 if self.router_type == "expert_choice" else self.top_k)
+        self._last_units = xf.shape[0] * (1 if self.router_type == "expert_choice" else self.top_k)
         if self.training:
-            self._load_since_update += load.detach().to(self._load_since_update)
-        return y
+            self._load_since_update += load.detach()
+        return y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
 
     def step(self, x: torch.Tensor, state=None):
         """Decoding step ``(y, state)``: the layer is per-token and keeps no state.
@@ -349,9 +359,9 @@ class MoE(nn.Module):
         if self.router_type == "expert_choice":
             raise RuntimeError("update_bias() applies to token-choice routers; expert choice is "
                                "balanced by construction")
-        load = self._load_since_update
+        load = self._load_since_update.float()
         self.expert_bias += rate * torch.sign(load.mean() - load)
-        load.zero_()
+        self._load_since_update.zero_()
 
     def load_stats(self) -> Dict[str, object]:
         """Last forward's routing statistics for logging: per-expert ``load`` (assignments routed,
@@ -441,10 +451,10 @@ def moe_naive(moe: MoE, x: torch.Tensor) -> torch.Tensor:
 
     Uses ``moe``'s parameters and rules (capacity, gate normalisation, bias); for tests only.
     """
-    lead, d = x.shape[:-1], x.shape[-1]
+    lead, d, dev = x.shape[:-1], x.shape[-1], x.device
     w1, w2 = moe.w1.float(), moe.w2.float()
-    b1 = moe.b1.float() if moe.b1 is not None else torch.zeros(w1.shape[0], w1.shape[2])
-    b2 = moe.b2.float() if moe.b2 is not None else torch.zeros(w2.shape[0], w2.shape[2])
+    b1 = moe.b1.float() if moe.b1 is not None else w1.new_zeros(w1.shape[0], w1.shape[2])
+    b2 = moe.b2.float() if moe.b2 is not None else w2.new_zeros(w2.shape[0], w2.shape[2])
     wr = moe.router.weight.float()
 
     def expert(e: int, v: torch.Tensor) -> torch.Tensor:  # [D] -> [D_out]
@@ -455,7 +465,8 @@ def moe_naive(moe: MoE, x: torch.Tensor) -> torch.Tensor:
         return logit.sigmoid() if moe.router_type == "sigmoid" else logit.softmax(-1)
 
     xs = x.float().reshape(-1, x.shape[-2] if x.dim() > 2 else x.shape[0], d)  # [G, L, D]
-    out = [[torch.zeros(moe.out_features) for _ in range(xs.shape[1])] for _ in range(xs.shape[0])]
+    out = [[torch.zeros(moe.out_features, device=dev) for _ in range(xs.shape[1])]
+           for _ in range(xs.shape[0])]
     if moe.router_type == "expert_choice":
         c = moe.capacity(xs.shape[1])
         for g, seq in enumerate(xs):
@@ -494,7 +505,7 @@ def _float_module(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
 def collect_aux_loss(model: nn.Module) -> torch.Tensor:
     """Sum of ``aux_loss`` over every :class:`MoE` in ``model`` (from their last forward)."""
     losses = [m.aux_loss for m in model.modules() if isinstance(m, MoE)]
-    return torch.stack([l.float() for l in losses]).sum() if losses else torch.zeros(())
+    return torch.stack([loss.float() for loss in losses]).sum() if losses else torch.zeros(())
 
 
 def update_balance_bias(model: nn.Module, rate: float = 1e-3) -> None:
