@@ -89,6 +89,16 @@ def test_chunk_size_invariance(gated, T):
             assert_close(f"C={C}.final_state", ht, base[1], 1e-5)
 
 
+def test_fp64_stays_fp64_and_chunk_size_is_checked():
+    q, k, v, g, beta, h0 = (t.detach().double() for t in make_inputs(1, 45, 2, True))
+    o, ht = chunk_gated_delta_rule(q, k, v, g, beta, initial_state=h0, output_final_state=True)
+    ref = naive_gated_delta_rule(q, k, v, g, beta, initial_state=h0, output_final_state=True)
+    assert o.dtype == ht.dtype == torch.float64
+    assert_close("fp64.o", o, ref[0], 1e-10)
+    with pytest.raises(ValueError, match="chunk_size"):
+        chunked_gated_delta_rule(q, k, v, g, beta, chunk_size=0)
+
+
 @pytest.mark.parametrize("form", ["chunk", "recurrent"])
 @pytest.mark.parametrize("gated", [False, True])
 def test_reverse_is_flipped_op(form, gated):

@@ -22,7 +22,7 @@ from ..ops.delta_rule import (chunk_delta_rule, chunk_gated_delta_rule, fused_re
                               fused_recurrent_gated_delta_rule)
 from .base import Mixer, register_mixer
 
-RECURRENT_MAX_LEN = 64  # chunks up to this length run token by token (cheaper than the chunk setup)
+RECURRENT_MAX_LEN = 16  # chunks up to this length run token by token (cheaper than chunking on CPU)
 
 
 @register_mixer("deltanet")

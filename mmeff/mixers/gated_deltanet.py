@@ -9,7 +9,7 @@ delta rule, and the output gate ``RMSNorm(o) * silu(x W_g)`` on by default, with
 from __future__ import annotations
 
 import math
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -40,7 +40,7 @@ class GatedDeltaNet(DeltaNet):
                  head_dim: Optional[int] = None, expand_v: float = 2.0, use_gate: bool = True,
                  conv_size: int = 4, conv_bias: bool = False, norm_eps: float = 1e-5,
                  dt_min: float = 1e-3, dt_max: float = 0.1, dt_init_floor: float = 1e-4,
-                 a_init_range: tuple = (1.0, 16.0), device=None, dtype=None) -> None:
+                 a_init_range: Tuple[float, float] = (1.0, 16.0), device=None, dtype=None) -> None:
         if head_dim is None and isinstance(num_heads, int) and num_heads > 0:
             head_dim = max(1, round(0.75 * dim / num_heads))
         super().__init__(dim, causal=causal, num_heads=num_heads, head_dim=head_dim,

@@ -59,12 +59,13 @@ def run_delta_rule(core: Core, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
                    use_qk_l2norm_in_kernel: bool, **core_kwargs) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
     """Run ``core`` with the shared conventions; returns ``(o[B, T, H, V], final_state or None)``."""
     dtype = v.dtype
+    ct = torch.promote_types(dtype, torch.float32)  # compute dtype: fp32 for bf16/fp16 inputs
+    q, k, v, beta = q.to(ct), k.to(ct), v.to(ct), beta.to(ct)
     if use_qk_l2norm_in_kernel:
-        q, k = l2norm(q.float()), l2norm(k.float())
-    scale = q.shape[-1] ** -0.5 if scale is None else scale
-    q, k, v, beta = q.float() * scale, k.float(), v.float(), beta.float()
-    g = None if g is None else g.float()
-    h0 = None if initial_state is None else initial_state.float()
+        q, k = l2norm(q), l2norm(k)
+    q = q * (q.shape[-1] ** -0.5 if scale is None else scale)
+    g = None if g is None else g.to(ct)
+    h0 = None if initial_state is None else initial_state.to(ct)
     if reverse:  # the same op on the flipped sequence
         q, k, v, beta = (t.flip(1) for t in (q, k, v, beta))
         g = None if g is None else g.flip(1)
