@@ -1,5 +1,10 @@
-import pytest
-import torch
+import os
+
+# tests run many tiny ops: busy-waiting OpenMP threads only burn the other core
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
