@@ -11,7 +11,15 @@ TEST_MODELS = mmeff.list_models("*_test")
 ALL_MODELS = mmeff.list_models()
 
 
+def _is_audio(model):
+    """Audio models describe a mono waveform: input_size (1, samples)."""
+    return len(model.pretrained_cfg["input_size"]) == 2
+
+
 def _input(model, batch=2, scale=1):
+    if _is_audio(model):
+        c, n = model.pretrained_cfg["input_size"]
+        return torch.randn(batch, c, n * scale)
     c, h, w = model.pretrained_cfg["input_size"]
     return torch.randn(batch, c, h * scale, w * scale)
 
@@ -35,7 +43,7 @@ def test_full_size_builds_on_meta(name):
     model = mmeff.create_model(name, device="meta")
     assert sum(p.numel() for p in model.parameters()) > 0
     cfg = model.pretrained_cfg
-    assert cfg["architecture"] == name and len(cfg["input_size"]) == 3
+    assert cfg["architecture"] == name and len(cfg["input_size"]) in (2, 3)
 
 
 @pytest.mark.parametrize("name", TEST_MODELS)
@@ -74,12 +82,19 @@ def test_features_only(name):
     feats = model(_input(model))
     assert len(feats) == 2
     for f, ch in zip(feats, model.feature_info.channels()):
-        assert f.dim() == 4 and f.shape[1] == ch
+        assert f.dim() in ((3, 4) if _is_audio(model) else (4,)) and f.shape[1] == ch
 
 
 @pytest.mark.parametrize("name", TEST_MODELS)
 def test_other_input_sizes(name):
     model = mmeff.create_model(name, num_classes=4).eval()
+    if _is_audio(model):  # any clip length; mono only
+        c, n = model.pretrained_cfg["input_size"]
+        for length in (2 * n, n + n // 2 + 1):
+            assert model(torch.randn(1, c, length)).shape == (1, 4)
+        with pytest.raises(ValueError, match="expected input"):
+            model(torch.randn(1, c + 1, n))
+        return
     c, h, w = model.pretrained_cfg["input_size"]
     for size in ((h * 2, w), (h, w + w // 2)):
         patch = model.patch_embed.patch_size if hasattr(model, "patch_embed") else (32, 32)
