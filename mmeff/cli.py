@@ -1,4 +1,5 @@
-"""The ``mmeff`` command: ``list``, ``info MODEL``, ``train CONFIG``, ``eval CONFIG``, ``bench SUITE``.
+"""The ``mmeff`` command: ``list``, ``info MODEL``, ``train CONFIG``, ``eval CONFIG``, ``stream [INPUT]``,
+``bench SUITE``.
 
 Each subcommand is a small function; ``mmeff <cmd> --help`` documents its options.
 """
@@ -79,6 +80,11 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_stream(args: argparse.Namespace) -> int:
+    from mmeff.tasks.stream import run
+    return run(args)
+
+
 def _ints(s: str) -> List[int]:
     try:
         return [int(v) for v in s.split(",") if v]
@@ -115,6 +121,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a run directory, a checkpoint directory or a .safetensors/.pth file")
     s.add_argument("--split", default="test", choices=["train", "val", "test"])
     s.set_defaults(fn=_cmd_eval)
+
+    from mmeff.tasks.stream import add_arguments
+    s = sub.add_parser("stream", help="detect sound events in a WAV file, stdin PCM or a demo signal, "
+                                      "streaming chunk by chunk")
+    add_arguments(s)
+    s.set_defaults(fn=_cmd_stream)
 
     from mmeff.bench import list_suites
     s = sub.add_parser("bench", help="run a benchmark suite (ratios against a same-run baseline)")
