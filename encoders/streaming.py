@@ -266,14 +266,18 @@ class StreamingAudioEncoder(nn.Module):
                  "wave": self.frontend.init_state(batch, device)["wave"],
                  "frames": self.stem.init_state(batch, device=device)}
         for i, blk in enumerate(self.blocks):
-            st = blk.init_state(batch, device=device, dtype=dtype)
-            keys = self._layer_keys[i]
-            state.update({f"blocks.{i}": st} if keys is None else {f"blocks.{i}.{k}": st[k] for k in keys})
+            self._put_layer_state(state, i, blk.init_state(batch, device=device, dtype=dtype))
         return state
 
     def _layer_state(self, state: State, i: int) -> Any:
+        """Block ``i``'s mixer state out of the flat ``state``."""
         keys = self._layer_keys[i]
         return state[f"blocks.{i}"] if keys is None else {k: state[f"blocks.{i}.{k}"] for k in keys}
+
+    def _put_layer_state(self, state: State, i: int, st: Any) -> None:
+        """Store block ``i``'s mixer state ``st`` into the flat ``state`` (in place)."""
+        keys = self._layer_keys[i]
+        state.update({f"blocks.{i}": st} if keys is None else {f"blocks.{i}.{k}": st[k] for k in keys})
 
     def step(self, chunk: torch.Tensor, state: State) -> Tuple[torch.Tensor, State]:
         """Continue every stream with ``chunk[B, samples]`` (any length, the same for all rows).
@@ -291,8 +295,7 @@ class StreamingAudioEncoder(nn.Module):
         t = self.stem_act(t)
         for i, blk in enumerate(self.blocks):
             t, st = blk.step(t, self._layer_state(state, i))
-            keys = self._layer_keys[i]
-            new.update({f"blocks.{i}": st} if keys is None else {f"blocks.{i}.{k}": st[k] for k in keys})
+            self._put_layer_state(new, i, st)
         t = self.norm(t)
         new["tokens"] = state["tokens"] + n
         _, valid = self.output_frames(new, n)

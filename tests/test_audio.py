@@ -282,3 +282,15 @@ def test_audio_configs_train(tmp_path, config, model):
         cfg.model.kwargs.pop("drop_path_rate")
     res = train(cfg)
     assert res["top1"] >= 0.0 and os.path.isfile(tmp_path / "metrics.jsonl")
+
+
+def test_bench_audio_rows_small():
+    """The audio suite's pieces on test-size models: streaming rows against the Emformer baseline."""
+    from mmeff.bench.audio import EMFORMER, EmformerStream, _latency_rows, _memory_rows
+    model = mmeff.create_model("stream_mamba2_test", num_classes=4).eval()
+    makers = {"stream_mamba2_test": lambda tokens: model, EMFORMER: lambda tokens: EmformerStream(model, tokens)}
+    rows = _latency_rows(makers, 0.5) + _memory_rows(makers, (0.05, 0.1))
+    assert len(rows) == 2 * 3 * 2 + 2 * 2
+    assert all(r.ms > 0 for r in rows)
+    assert {r.impl for r in rows if "latency" in r.case} == set(makers)
+    assert all(EMFORMER in r.speedup for r in rows if "latency" in r.case and r.impl != EMFORMER)

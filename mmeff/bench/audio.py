@@ -9,8 +9,9 @@ chunk's tokens and 32 tokens (1.28 s) of left context, then the same norm and he
 
 Rows (``ms`` column): per-chunk latency p50 and p99, and the compute time per second of audio
 (= real-time factor x 1000).  Memory: the peak RSS growth while streaming 1 minute and 60 minutes
-of audio (1 s chunks; a streaming model stays flat), and, for contrast, the offline forward of the
-first model over a short and a 10x longer clip (activations grow with the length).
+of audio (1 s chunks; a streaming model stays flat, and the case names the state's size after
+each), and, for contrast, the offline forward of the first model over a 1-minute and a 10-minute
+clip (its activations grow with the length).
 The suite always runs on CPU with one thread (restored afterwards).
 """
 from __future__ import annotations
@@ -55,8 +56,8 @@ class EmformerStream:
         return m.head(m.norm(y)), {"wave": fe["wave"], "frames": frames, "emformer": em}
 
 
-def _stream(model, samples: int, chunk: int) -> List[float]:
-    """Feed ``samples`` of noise through ``model.step`` in chunks; per-chunk seconds."""
+def _stream(model, samples: int, chunk: int) -> Tuple[List[float], object]:
+    """Feed ``samples`` of noise through ``model.step`` in chunks; per-chunk seconds, final state."""
     src = 0.1 * torch.randn(1, 16000 * 10, generator=torch.Generator().manual_seed(0))
     state, times = model.init_state(1), []
     with torch.inference_mode():
@@ -66,7 +67,15 @@ def _stream(model, samples: int, chunk: int) -> List[float]:
             t0 = time.perf_counter()
             _, state = model.step(x, state)
             times.append(time.perf_counter() - t0)
-    return times
+    return times, state
+
+
+def _state_kib(state) -> float:
+    """Size of a streaming state (nested dicts / lists of tensors) in KiB."""
+    if torch.is_tensor(state):
+        return state.numel() * state.element_size() / 1024
+    items = state.values() if isinstance(state, dict) else state or []
+    return sum(_state_kib(v) for v in items)
 
 
 def _stats(times: List[float]) -> Tuple[float, float, float]:
@@ -85,7 +94,7 @@ def _latency_rows(name_models: Dict[str, Callable[[int], object]], seconds: floa
         for name, make in name_models.items():
             model = make(chunk // 640)
             _stream(model, 20 * chunk, chunk)                           # warm-up
-            times = _stream(model, int(seconds * 16000), chunk)
+            times, _ = _stream(model, int(seconds * 16000), chunk)
             a, b, total = _stats(times)
             n = len(times)
             p50[name] = Measurement(a, min(times) * 1e3, 0, n)
@@ -104,13 +113,17 @@ def _memory_rows(name_models: Dict[str, Callable[[int], object]], minutes: Tuple
     for name, make in name_models.items():
         model = make(chunk // 640)
         res: Dict[str, Measurement] = {}
+        sizes = []
         for m in minutes:
             samples = int(m * 60 * 16000)
-            times: List[float] = []
-            peak = peak_memory(lambda: times.extend(_stream(model, samples, chunk)), torch.device("cpu"))
-            res[f"{m:g} min"] = Measurement(sum(times) * 1e3, min(times) * 1e3, peak, len(times))
+            out: List = []
+            peak = peak_memory(lambda: out.append(_stream(model, samples, chunk)), torch.device("cpu"))
+            times, state = out[0]
+            sizes.append(f"{_state_kib(state):.0f}")
+            res[f"{m:g} min"] = Measurement(sum(times) * 1e3 / m, min(times) * 1e3, peak, len(times))
         rows += make_rows("audio", f"{name}: stream {minutes[0]:g} vs {minutes[1]:g} min (1 s chunks), "
-                          f"total ms and peak RSS growth", res, baselines=(f"{minutes[0]:g} min",))
+                          f"ms per minute of audio and peak RSS growth; state {' / '.join(sizes)} KiB", res,
+                          baselines=(f"{minutes[0]:g} min",))
     return rows
 
 
@@ -141,9 +154,10 @@ def run(cfg: BenchConfig) -> List[Row]:
         makers: Dict[str, Callable[[int], object]] = {n: (lambda tokens, m=m: m) for n, m in models.items()}
         first = models[names[0]]
         makers[EMFORMER] = lambda tokens: EmformerStream(first, tokens)
-        rows = _latency_rows(makers, 3.0 if cfg.quick else 30.0)
+        # offline first: its activations must be fresh allocations to show in the RSS
+        rows = _offline_rows(names[0], (5.0, 50.0) if cfg.quick else (60.0, 600.0))
+        rows += _latency_rows(makers, 3.0 if cfg.quick else 30.0)
         rows += _memory_rows(makers, (0.1, 0.5) if cfg.quick else (1.0, 60.0))
-        rows += _offline_rows(names[0], (5.0, 50.0) if cfg.quick else (60.0, 600.0))
         return rows
     finally:
         torch.set_num_threads(threads)
