@@ -27,7 +27,7 @@ def loop_over_experts(moe: MoE, x: torch.Tensor) -> torch.Tensor:
         if rows.numel() == 0:
             continue
         h = moe._activate(flat[rows] @ moe.w1[e] + moe.b1[e]) @ moe.w2[e] + moe.b2[e]
-        out = out.index_add(0, rows, h * gates[rows, slot, None].to(h.dtype))
+        out = out.index_add(0, rows, (h * gates[rows, slot, None]).to(out.dtype))
     return out.reshape(x.shape)
 
 
