@@ -14,7 +14,7 @@ import torch
 
 from .harness import Measurement, Row, format_table, make_rows, measure, peak_memory, write_json
 
-SUITE_MODULES = {"mixers": "mixers", "vision": "vision", "audio": "audio"}
+SUITE_MODULES = {"mixers": "mixers", "vision": "vision", "audio": "audio", "moe": "moe", "attention": "attention"}
 _SUITES: Dict[str, Callable[["BenchConfig"], List[Row]]] = {}
 
 
