@@ -11,6 +11,7 @@ from typing import Optional
 
 import torch
 
+from .._utils import check_positive
 from ..ops.sparse_attention import block_sparse_attention
 from .attention import Attention
 from .base import register_mixer
@@ -36,10 +37,10 @@ class BlockSparseAttention(Attention):
         super().__init__(dim, causal=causal, num_heads=num_heads, num_kv_heads=num_kv_heads,
                          qkv_bias=qkv_bias, qk_norm=qk_norm, rope=rope, rope_base=rope_base,
                          device=device, dtype=dtype)
-        for name, val, low in (("block_size", block_size, 1), ("num_local_blocks", num_local_blocks, 0),
-                               ("num_global_tokens", num_global_tokens, 0), ("stride", stride, 0)):
-            if not isinstance(val, int) or val < low:
-                raise ValueError(f"{name} must be an int >= {low}, got {val!r}")
+        check_positive("block_size", block_size)
+        for name, val in (("num_local_blocks", num_local_blocks), ("num_global_tokens", num_global_tokens),
+                          ("stride", stride)):
+            check_positive(name, val, allow_zero=True)
         self.block_size, self.num_local_blocks = block_size, num_local_blocks
         self.num_global_tokens, self.stride = num_global_tokens, stride
 

@@ -11,6 +11,7 @@ from typing import Optional
 
 import torch
 
+from .._utils import check_positive
 from ..ops.sparse_attention import moba_attention
 from ..ops.sparse_attention.patterns import cdiv
 from .attention import Attention
@@ -35,9 +36,8 @@ class MoBA(Attention):
         super().__init__(dim, causal=causal, num_heads=num_heads, num_kv_heads=num_kv_heads,
                          qkv_bias=qkv_bias, qk_norm=qk_norm, rope=rope, rope_base=rope_base,
                          device=device, dtype=dtype)
-        for name, val in (("block_size", block_size), ("top_k", top_k)):
-            if not isinstance(val, int) or val <= 0:
-                raise ValueError(f"{name} must be an int > 0, got {val!r}")
+        check_positive("block_size", block_size)
+        check_positive("top_k", top_k)
         self.block_size, self.top_k = block_size, top_k
 
     def _attend(self, q, k, v, k_start: int, grid) -> torch.Tensor:

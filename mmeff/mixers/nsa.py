@@ -16,7 +16,7 @@ selected-branch KV cache, and the last ``window - 1`` keys of the window branch.
 """
 from __future__ import annotations
 
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 from einops import rearrange

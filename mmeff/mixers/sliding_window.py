@@ -9,6 +9,7 @@ from typing import Optional
 
 import torch
 
+from .._utils import check_positive
 from ..ops.sparse_attention import sliding_window_attention
 from .attention import Attention
 from .base import register_mixer
@@ -31,9 +32,8 @@ class SlidingWindowAttention(Attention):
         super().__init__(dim, causal=causal, num_heads=num_heads, num_kv_heads=num_kv_heads,
                          qkv_bias=qkv_bias, qk_norm=qk_norm, rope=rope, rope_base=rope_base,
                          device=device, dtype=dtype)
-        for name, val in (("window", window), ("block_size", block_size)):
-            if not isinstance(val, int) or val <= 0:
-                raise ValueError(f"{name} must be an int > 0, got {val!r}")
+        check_positive("window", window)
+        check_positive("block_size", block_size)
         self.window, self.block_size = window, block_size
 
     def _attend(self, q, k, v, k_start: int, grid) -> torch.Tensor:

@@ -27,6 +27,7 @@ from typing import Optional, Sequence, Tuple, Union
 
 import torch
 
+from ..._utils import check_positive
 from .._dispatch import dispatch, register_impl
 from . import patterns
 from .flex import flex_attention_path
@@ -46,11 +47,6 @@ for _name in _PATTERN_OPS:
     register_impl(_name, "triton")(flex_attention_path)
 register_impl("window_attention", "naive")(window_attention_naive)
 register_impl("window_attention", "chunk")(window_attention_partition)
-
-
-def _check_int(name: str, value, minimum: int = 1) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
 
 
 def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -86,8 +82,8 @@ def sliding_window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
     Causal: the ``window`` keys ``i-window+1 .. i``; non-causal: the symmetric ``2*window-1``.
     ``block_size`` is the gather path's tile (it does not change the result).
     """
-    _check_int("window", window)
-    _check_int("block_size", block_size)
+    check_positive("window", window)
+    check_positive("block_size", block_size)
     T, S = _check_qkv(q, k, v, causal)
     pat = patterns.sliding_window(T, S, window, causal, block_size, device=q.device)
     return dispatch("sliding_window_attention", q.device)(q, k, v, pat, scale)
@@ -121,8 +117,8 @@ def neighborhood_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gr
         if not causal_axes[a] and kernel[a] * dil[a] > grid[a]:
             raise ValueError(f"kernel_size * dilation ({kernel[a]} * {dil[a]}) must be <= grid[{a}] "
                              f"({grid[a]}) on a non-causal axis")
-    _check_int("block_size", block_size)
-    _check_int("k_start", k_start, 0)
+    check_positive("block_size", block_size)
+    check_positive("k_start", k_start, allow_zero=True)
     streaming = all(causal_axes)
     T, S = _check_qkv(q, k, v, streaming)
     if not streaming and (T != math.prod(grid) or k_start):
@@ -171,10 +167,10 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bl
     num_local_blocks`` (local), when ``stride > 0`` and ``(a-b) % stride == 0`` (strided/dilated
     blocks), and everyone sees the first ``num_global_tokens`` tokens, which (non-causal) see all.
     """
-    _check_int("block_size", block_size)
-    _check_int("num_local_blocks", num_local_blocks, 0)
-    _check_int("num_global_tokens", num_global_tokens, 0)
-    _check_int("stride", stride, 0)
+    check_positive("block_size", block_size)
+    check_positive("num_local_blocks", num_local_blocks, allow_zero=True)
+    check_positive("num_global_tokens", num_global_tokens, allow_zero=True)
+    check_positive("stride", stride, allow_zero=True)
     T, S = _check_qkv(q, k, v, causal)
     pat = patterns.block_sparse(T, S, block_size, num_local_blocks, num_global_tokens, stride,
                                 causal, q.device)
@@ -190,7 +186,7 @@ def selected_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_
             (Hk: shared by the query heads of a GQA group, as in NSA); duplicates are not allowed.
         causal: additionally mask keys after the query inside the selected blocks.
     """
-    _check_int("block_size", block_size)
+    check_positive("block_size", block_size)
     T, S = _check_qkv(q, k, v, causal)
     B, H, Hk = q.shape[0], q.shape[2], k.shape[2]
     bi = block_indices
@@ -211,8 +207,8 @@ def moba_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_size
 
     ``top_k`` counts the own block and must not exceed the number of key blocks.
     """
-    _check_int("block_size", block_size)
-    _check_int("top_k", top_k)
+    check_positive("block_size", block_size)
+    check_positive("top_k", top_k)
     _, S = _check_qkv(q, k, v, causal)
     if top_k > cdiv(S, block_size):
         raise ValueError(f"top_k ({top_k}) must be <= the number of key blocks ({cdiv(S, block_size)} "
@@ -231,8 +227,8 @@ def compressed_attention(q: torch.Tensor, k_cmp: torch.Tensor, v_cmp: torch.Tens
     <= q_start + t``); queries that see none output zeros.
     """
     for name, val in (("block_size", block_size), ("stride", stride), ("tile", tile)):
-        _check_int(name, val)
-    _check_int("q_start", q_start, 0)
+        check_positive(name, val)
+    check_positive("q_start", q_start, allow_zero=True)
     T, nc = _check_qkv(q, k_cmp, v_cmp, None)
     pat = patterns.compressed(T, nc, block_size, stride, q_start, causal, tile, q.device)
     return dispatch("compressed_attention", q.device)(q, k_cmp, v_cmp, pat, scale)

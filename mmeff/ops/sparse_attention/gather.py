@@ -1,16 +1,24 @@
-"""The fast pure-PyTorch path: gather only the kept key blocks of each query block.
+"""The fast pure-PyTorch path: gather only the kept key blocks.
 
-Queries are cut into blocks of ``block_q`` tokens (``G`` query heads of a GQA group ride along in
-the same block, so each key block is gathered once per KV head); each block gathers its ``n`` key
-blocks (``pattern.kv_blocks``) into ``[.., n*block_k, D]`` and runs one batched matmul, the
-token-level rule masking inside the gathered blocks.  Compute and memory grow with the kept blocks,
-not with T*S.  Query blocks are processed in chunks of bounded size; under autograd each chunk is
-checkpointed, so the backward pass too holds one chunk's scores at a time.  Queries that see no key
-output zeros.
+Static patterns: queries are cut into blocks of ``block_q`` tokens (the ``G`` query heads of a GQA
+group ride along in the same block, so each key block is gathered once per KV head); each block
+gathers its ``n`` key blocks (``pattern.kv_blocks``, the same for every batch and head) into
+``[.., n*block_k, D]`` and one fused SDPA call attends, with the token-level rule as the boolean
+mask inside the gathered blocks.
+
+Per-token selections (``block_q == 1``: MoBA, NSA) run key-block-centric, as MoBA's own
+implementation: the (query, selected block) pairs are sorted by key block and cut into segments of
+``SEGMENT`` queries sharing one key block, so a key block is read once per segment rather than
+once per query; each segment returns partial outputs and log-sum-exps, and every query merges its
+``n`` partials (the softmax over the union of its blocks).
+
+Compute and memory grow with the kept blocks, not with T*S.  Work runs in chunks of bounded size;
+under autograd each chunk is checkpointed, so the backward pass too holds one chunk at a time.
+Queries that see no key output zeros.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -20,65 +28,155 @@ from torch.utils.checkpoint import checkpoint
 from .naive import naive_attention
 from .patterns import Pattern, cdiv
 
-CHUNK_ELEMENTS = 1 << 24  # scores + gathered keys/values held at once (about 64 MB in fp32)
+CHUNK_ELEMENTS = 1 << 24  # mask / scores + gathered keys and values held at once (~64 MB fp32)
+SEGMENT = 64  # queries sharing one key block in the per-token path
+NEG = -1e30  # a masked score: finite, so fully masked rows give no NaN forward or backward
 
 
-def _attend_blocks(q: torch.Tensor, kb: torch.Tensor, vb: torch.Tensor, loc: torch.Tensor,
-                   kpos: torch.Tensor, kok: torch.Tensor, qpos: torch.Tensor,
-                   pattern: Pattern, scale: float) -> torch.Tensor:
-    """One chunk: ``q[B, Hk, C, M, D]`` against key blocks ``kb[B, Hk, nKB, bk, D]`` at ``loc[Bi, Hi, C, n]``."""
-    B, Hk = q.shape[:2]
-    b_ix = torch.arange(B, device=q.device)[:, None, None, None]
-    h_ix = torch.arange(Hk, device=q.device)[None, :, None, None]
-    kg = kb[b_ix, h_ix, loc].flatten(3, 4)  # [B, Hk, C, n*bk, D]
-    vg = vb[b_ix, h_ix, loc].flatten(3, 4)
-    s = torch.einsum("bhcmd,bhckd->bhcmk", q, kg).float() * scale  # [B, Hk, C, M, n*bk]
-    m = kok[..., None, :]
-    rule = pattern.mask(qpos[:, :, None], kpos[..., None, :])
+def _chunked(fn: Callable, n: int, chunk: int, sliced: tuple, rest: tuple, grad: bool) -> List:
+    """``fn(*sliced[c:c+chunk], *rest)`` for each chunk of dim 0; checkpointed under autograd."""
+    outs = []
+    for c in range(0, n, chunk):
+        args = tuple(t[c:c + chunk] for t in sliced) + rest
+        outs.append(checkpoint(fn, *args, use_reentrant=False) if grad and n > chunk else fn(*args))
+    return outs
+
+
+def _key_rows(t: torch.Tensor, lead: int, bk: int) -> torch.Tensor:
+    """``t[B, S, Hk, D]`` whose first key sits ``lead`` into its block, as rows ``[B*Hk*nKB, bk*D]``."""
+    nkb = cdiv(lead + t.shape[1], bk)
+    t = F.pad(t, (0, 0, 0, 0, lead, nkb * bk - lead - t.shape[1]))
+    return rearrange(t, "b (n t) h d -> (b h n) (t d)", t=bk)
+
+
+def _key_mask(blocks: torch.Tensor, p: Pattern, S: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Absolute positions ``[..., n*bk]`` of the keys of ``blocks[..., n]`` and whether they exist."""
+    bk = p.block_k
+    kpos = (blocks[..., None] * bk + torch.arange(bk, device=blocks.device, dtype=blocks.dtype)).flatten(-2)
+    ok = (blocks >= 0).repeat_interleave(bk, dim=-1) & (kpos >= p.k_start) & (kpos < p.k_start + S)
+    return kpos, ok
+
+
+# ----------------------------------------------------------------------------- static patterns
+
+def _attend_blocks(q: torch.Tensor, qpos: torch.Tensor, blocks: torch.Tensor, kb: torch.Tensor,
+                   vb: torch.Tensor, p: Pattern, S: int, scale: float) -> torch.Tensor:
+    """Query blocks ``q[C, N=B*Hk, M, D]`` at ``qpos[C, M]`` on key blocks ``blocks[C, n]``."""
+    C, N, M, _ = q.shape
+    bk, nkb = p.block_k, kb.shape[0] // N
+    rows = (blocks - p.k_start // bk).clamp(min=0)[:, None, :] + nkb * torch.arange(N, device=q.device)[:, None]
+    kg, vg = (t.index_select(0, rows.flatten()).view(C, N, -1, t.shape[1] // bk) for t in (kb, vb))
+    kpos, ok = _key_mask(blocks, p, S)  # [C, n*bk]
+    mask = ok[:, None, :]
+    rule = p.mask(qpos[:, :, None], kpos[:, None, :])
     if rule is not None:
-        m = m & rule
-    s = s.masked_fill(~m, float("-inf"))
-    e = (s - s.amax(-1, keepdim=True).detach().clamp(min=-1e30)).exp()
-    p = e / e.sum(-1, keepdim=True).clamp(min=1e-30)
-    return torch.einsum("bhcmk,bhckd->bhcmd", p.to(vg.dtype), vg)
+        mask = mask & rule  # [C, M, n*bk]
+    seen = mask.any(-1, keepdim=True)
+    mask = mask | ~seen  # rows that see nothing run unmasked and are zeroed below
+    o = F.scaled_dot_product_attention(q, kg, vg, attn_mask=mask[:, None], scale=scale)  # [C, N, M, Dv]
+    return o * seen[:, None]
+
+
+def _static(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, p: Pattern, scale: float,
+            grad: bool) -> torch.Tensor:
+    B, T, H, D = q.shape
+    S, Hk = k.shape[1], k.shape[2]
+    G, bq, bk = H // Hk, p.block_q, p.block_k
+    blocks = p.kv_blocks[0, 0].to(torch.int32)  # [nQB, n]; int32 halves the rule's integer traffic
+    nqb, n = blocks.shape
+    q_lead = p.q_start % bq
+    qb = F.pad(q, (0, 0, 0, 0, q_lead, nqb * bq - q_lead - T))
+    qb = rearrange(qb, "b (n t) (h g) d -> n (b h) (g t) d", t=bq, g=G)  # [nQB, B*Hk, G*bq, D]
+    qpos = (p.q_start - q_lead + torch.arange(nqb * bq, device=q.device, dtype=torch.int32)).view(nqb, bq)
+    kb, vb = (_key_rows(t, p.k_start % bk, bk) for t in (k, v))
+    chunk = max(1, CHUNK_ELEMENTS // (B * Hk * n * bk * (G * bq + 2 * D)))
+    outs = _chunked(_attend_blocks, nqb, chunk, (qb, qpos.repeat(1, G), blocks), (kb, vb, p, S, scale), grad)
+    o = rearrange(torch.cat(outs), "n (b h) (g t) d -> b (n t) (h g) d", b=B, g=G)
+    return o[:, q_lead:q_lead + T]
+
+
+# ----------------------------------------------------------------------------- per-token selections
+
+def _attend_segments(qs: torch.Tensor, qpos: torch.Tensor, key_row: torch.Tensor, kb: torch.Tensor,
+                     vb: torch.Tensor, p: Pattern, S: int, nkb: int, scale: float):
+    """Segments ``qs[C, SEGMENT, D]`` at ``qpos`` against one key block each (row ``key_row[C]``):
+    partial outputs ``[C, SEGMENT, Dv]``, log-sum-exps and whether each query saw a key."""
+    bk = p.block_k
+    kg, vg = (t.index_select(0, key_row).view(key_row.shape[0], bk, -1) for t in (kb, vb))
+    blocks = (key_row % nkb).to(qpos.dtype) + p.k_start // bk  # absolute block ids
+    kpos, ok = _key_mask(blocks[:, None], p, S)  # [C, bk]
+    mask = ok[:, None, :] & (qpos >= 0)[:, :, None]
+    rule = p.mask(qpos[:, :, None], kpos[:, None, :])
+    if rule is not None:
+        mask = mask & rule  # [C, SEGMENT, bk]
+    s = (torch.einsum("cqd,ckd->cqk", qs, kg).float() * scale).masked_fill(~mask, NEG)
+    lse = torch.logsumexp(s, dim=-1)
+    o = torch.einsum("cqk,ckd->cqd", (s - lse[..., None]).exp().to(vg.dtype), vg)
+    return o, lse, mask.any(-1)
+
+
+def _selective(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, p: Pattern, scale: float,
+               grad: bool) -> torch.Tensor:
+    B, T, H, D = q.shape
+    S, Hk = k.shape[1], k.shape[2]
+    idx = p.kv_blocks  # [Bi, Hi, T, n]
+    if idx.shape[1] == H and Hk != H:  # per-query-head selections: give each query head its keys
+        k, v = (t.repeat_interleave(H // Hk, dim=2) for t in (k, v))
+        Hk = H
+    G, bk, n = H // Hk, p.block_k, idx.shape[-1]
+    dev, R = q.device, B * Hk * T * G
+    nkb = cdiv(p.k_start % bk + S, bk)
+    kb, vb = (_key_rows(t, p.k_start % bk, bk) for t in (k, v))
+    rows = rearrange(q, "b t (h g) d -> (b h t g) d", g=G)  # [R, D]
+    row_pos = (p.q_start + torch.arange(T, device=dev)).repeat_interleave(G).repeat(B * Hk)  # [R]
+
+    # (query row, slot) pairs of valid selections, sorted by key block
+    blk = idx.expand(B, Hk, T, n)[:, :, :, None].expand(-1, -1, -1, G, -1).reshape(R, n)
+    pair = (blk >= 0).flatten().nonzero().squeeze(1)  # [P] over R*n
+    row = torch.div(pair, n, rounding_mode="floor")
+    key = torch.div(row, T * G, rounding_mode="floor") * nkb + blk.flatten()[pair] - p.k_start // bk
+    key, order = key.sort(stable=True)
+    pair, row = pair[order], row[order]
+    counts = torch.bincount(key, minlength=B * Hk * nkb)
+    segs = torch.div(counts + SEGMENT - 1, SEGMENT, rounding_mode="floor")
+    rank = torch.arange(key.shape[0], device=dev) - (counts.cumsum(0) - counts)[key]
+    flat = ((segs.cumsum(0) - segs)[key] + torch.div(rank, SEGMENT, rounding_mode="floor")) * SEGMENT \
+        + rank % SEGMENT  # slot of each pair in [nSeg * SEGMENT]
+    nseg = int(segs.sum())
+    key_row = torch.repeat_interleave(torch.arange(B * Hk * nkb, device=dev), segs)  # [nSeg]
+    qs = rows.new_zeros(nseg * SEGMENT, D).index_copy(0, flat, rows[row]).view(nseg, SEGMENT, D)
+    qpos = torch.full((nseg * SEGMENT,), -1, device=dev, dtype=torch.int32)
+    qpos = qpos.index_copy(0, flat, row_pos[row].to(torch.int32)).view(nseg, SEGMENT)
+
+    chunk = max(1, CHUNK_ELEMENTS // (SEGMENT * bk * 3 + 2 * bk * D))
+    outs = _chunked(_attend_segments, nseg, chunk, (qs, qpos, key_row), (kb, vb, p, S, nkb, scale), grad)
+    o_seg, lse_seg, seen_seg = (torch.cat(t).flatten(0, 1) for t in zip(*outs))
+
+    # merge each query's n partials: softmax weights from their log-sum-exps
+    slot = pair  # position in [R * n]
+    lse = torch.full((R * n,), NEG, device=dev).index_copy(0, slot, lse_seg[flat].masked_fill(~seen_seg[flat], NEG))
+    part = o_seg.new_zeros(R * n, o_seg.shape[-1]).index_copy(0, slot, o_seg[flat])
+    seen = torch.zeros(R * n, dtype=torch.bool, device=dev).index_copy(0, slot, seen_seg[flat])
+    w = torch.softmax(lse.view(R, n), dim=-1) * seen.view(R, n).any(-1, keepdim=True)
+    o = (w[..., None].to(part.dtype) * part.view(R, n, -1)).sum(1)
+    return rearrange(o, "(b h t g) d -> b t (h g) d", b=B, h=Hk, g=G)
 
 
 def gather_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pattern: Pattern,
                      scale: Optional[float] = None) -> torch.Tensor:
-    """Block-gather attention of ``q[B, T, H, D]`` on ``k, v[B, S, Hk, *]`` under ``pattern``."""
+    """Gather-path attention of ``q[B, T, H, D]`` on ``k, v[B, S, Hk, *]`` under ``pattern``."""
     p = pattern
-    B, T, H, D = q.shape
-    S, Hk = k.shape[1], k.shape[2]
-    scale = D ** -0.5 if scale is None else scale
-    idx = p.kv_blocks  # [Bi, Hi, nQB, n]
-    if idx.shape[1] == H and Hk != H:  # per-query-head blocks: give each query head its own keys
-        k, v = (t.repeat_interleave(H // Hk, dim=2) for t in (k, v))
-        Hk = H
-    G, bq, bk = H // Hk, p.block_q, p.block_k
-    qa0, ka0 = p.q_start // bq, p.k_start // bk
-    nqb, n = idx.shape[2], idx.shape[3]
-    q_lead, k_lead = p.q_start - qa0 * bq, p.k_start - ka0 * bk
-    nkb = cdiv(k_lead + S, bk)
-
-    qb = F.pad(q, (0, 0, 0, 0, q_lead, nqb * bq - q_lead - T))
-    qb = rearrange(qb, "b (n t) (h g) d -> b h n (g t) d", t=bq, g=G)  # [B, Hk, nQB, G*bq, D]
-    kb, vb = (rearrange(F.pad(t, (0, 0, 0, 0, k_lead, nkb * bk - k_lead - S)),
-                        "b (n t) h d -> b h n t d", t=bk) for t in (k, v))  # [B, Hk, nKB, bk, *]
-    qpos = (qa0 * bq + torch.arange(nqb * bq, device=q.device)).view(nqb, bq).repeat(1, G)
-    kpos = idx[..., None] * bk + torch.arange(bk, device=q.device)  # [Bi, Hi, nQB, n, bk]
-    kok = ((idx[..., None] >= 0) & (kpos >= p.k_start) & (kpos < p.k_start + S)).flatten(-2)
-    kpos, loc = kpos.flatten(-2), (idx - ka0).clamp(min=0)
-
-    per_block = B * Hk * n * bk * (3 * G * bq + 2 * D)
-    chunk = max(1, CHUNK_ELEMENTS // per_block)
-    ckpt = torch.is_grad_enabled() and nqb > chunk and any(t.requires_grad for t in (q, k, v))
-    outs = []
-    for c in range(0, nqb, chunk):
-        sl = slice(c, c + chunk)
-        args = (qb[:, :, sl], kb, vb, loc[:, :, sl], kpos[:, :, sl], kok[:, :, sl], qpos[sl], p, scale)
-        outs.append(checkpoint(_attend_blocks, *args, use_reentrant=False) if ckpt else _attend_blocks(*args))
-    o = rearrange(torch.cat(outs, dim=2), "b h n (g t) d -> b (n t) (h g) d", g=G)[:, q_lead:q_lead + T]
-    rows = min(p.dense_rows - p.q_start, T)
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
+    if p.selective:
+        if p.block_q != 1:
+            raise ValueError(f"selective patterns select per query (block_q=1), got block_q={p.block_q}")
+        return _selective(q, k, v, p, scale, grad)
+    if p.kv_blocks.shape[:2] != (1, 1):
+        raise ValueError(f"static patterns share their blocks over batch and heads, got kv_blocks "
+                         f"{tuple(p.kv_blocks.shape)}")
+    o = _static(q, k, v, p, scale, grad)
+    rows = min(p.dense_rows - p.q_start, q.shape[1])
     if rows > 0:  # global queries see every key: run them densely
         o = torch.cat([naive_attention(q[:, :rows], k, v, p, scale), o[:, rows:]], dim=1)
     return o

@@ -125,10 +125,12 @@ def table_from_blocks(kv_blocks: torch.Tensor, first: int, nkb: int) -> torch.Te
 # ----------------------------------------------------------------------------- 1D patterns
 
 def causal_rule(i, j):
+    """Keys up to the query."""
     return j <= i
 
 
 def sliding_rule(i, j, window, causal: bool):
+    """Keys closer than ``window`` (and not after the query if causal)."""
     d = i - j
     m = (d < window) & (d > -window)
     return m & (d >= 0) if causal else m
@@ -144,6 +146,7 @@ def sliding_window(T: int, S: int, window: int, causal: bool, block: int,
 
 
 def block_sparse_rule(i, j, block, num_local, num_global, stride, strided: bool, causal: bool):
+    """Local blocks, global tokens and (if ``strided``) every ``stride``-th block; see :func:`block_sparse`."""
     d = torch.div(i, block, rounding_mode="floor") - torch.div(j, block, rounding_mode="floor")
     m = (d <= num_local) & (d >= -num_local) | (j < num_global)
     if strided:
@@ -176,6 +179,7 @@ def block_sparse(T: int, S: int, block: int, num_local_blocks: int, num_global_t
 
 
 def compressed_rule(i, j, block, stride):
+    """Compressed token j (keys ``[j*stride, j*stride + block)``) once complete at query i."""
     return j * stride + block - 1 <= i
 
 
@@ -217,6 +221,7 @@ def _na_window(c: torch.Tensor, n, k, d, causal: bool) -> Tuple[torch.Tensor, to
 
 
 def neighborhood_rule(i, j, grid, kernel, dilation, causal: Tuple[bool, ...]):
+    """Keys inside the query's neighborhood on every axis; see :func:`neighborhood`."""
     m = None
     for a, (ci, cj) in enumerate(zip(unravel(i, grid), unravel(j, grid))):
         lo, hi = _na_window(ci, grid[a], kernel[a], dilation[a], causal[a])
