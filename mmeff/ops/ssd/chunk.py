@@ -16,9 +16,11 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from .._dispatch import dispatch, register_impl
+from .naive import naive_core
 from ._common import Result, check_inputs, run_ssd
 
 CPU_CHUNK_SIZE = 64  # the fastest chunk on CPU; chunk_size only changes speed, not results
+RECURRENT_MAX_LEN = 8  # up to this many tokens (streaming steps) the token loop has fewer ops
 
 
 def segsum(a: torch.Tensor) -> torch.Tensor:
@@ -80,10 +82,13 @@ def chunked_ssd(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Ten
 
     On CPU the chunk is capped at :data:`CPU_CHUNK_SIZE` tokens: the intra-chunk work grows with
     the chunk while the loop over chunks is cheap there (at L=4096, 64 runs ~3x faster than 256).
+    Sequences of at most :data:`RECURRENT_MAX_LEN` tokens (streaming and decoding steps) take the
+    token recurrence, which is fewer operations there (fla's layers switch likewise).
     """
     if x.device.type == "cpu":
         chunk_size = min(chunk_size, CPU_CHUNK_SIZE)
-    return run_ssd(chunk_core, x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states,
+    core = naive_core if x.shape[1] <= RECURRENT_MAX_LEN else chunk_core
+    return run_ssd(core, x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states,
                    dt_softplus, return_final_states, reverse)
 
 
