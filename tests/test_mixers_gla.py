@@ -131,7 +131,8 @@ def test_linear_attention_matches_quadratic_form():
 
 
 def test_retnet_decays_and_relative_positions():
-    assert torch.allclose(retention_log_decays(3).exp(), torch.tensor([1 - 2 ** -5, 1 - 2 ** -6, 1 - 2 ** -7]))
+    gammas = torch.tensor([1 - 2 ** -5, 1 - 2 ** -6, 1 - 2 ** -7])
+    assert torch.allclose(retention_log_decays(3).exp(), gammas)
     m = mmeff.create_mixer("retnet", DIM).eval()
     x = torch.randn(1, 20, DIM)
     with torch.no_grad():  # a stream that starts later (pos offset) gives the same outputs

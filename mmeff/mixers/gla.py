@@ -66,7 +66,8 @@ class GatedLinearAttention(GatedScanMixer):
         key_dim = _width("expand_k", dim, expand_k, num_heads)
         value_dim = _width("expand_v", dim, expand_v, num_heads)
         fk = dict(device=device, dtype=dtype)
-        self.num_heads, self.head_dim, self.head_v_dim = num_heads, key_dim // num_heads, value_dim // num_heads
+        self.num_heads = num_heads
+        self.head_dim, self.head_v_dim = key_dim // num_heads, value_dim // num_heads
         self.gate_logit_normalizer = gate_logit_normalizer
         self.state_shape = (num_heads, self.head_dim, self.head_v_dim)
         self.qkv = nn.Linear(dim, 2 * key_dim + value_dim, bias=False, **fk)

@@ -105,9 +105,10 @@ def chunk_recurrence(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: Optio
     decays = [None] * q.shape[2] if chunk_decay is None else chunk_decay.unbind(2)
     for dS_n, decay_n in zip(dS.unbind(2), decays):
         starts.append(S)
-        S = dS_n + (S if decay_n is None else decay_n * S)
-    o = q_in @ torch.stack(starts, dim=2) + A @ v  # [B, H, N, C, V]
-    return rearrange(o, "b h n c v -> b (n c) h v")[:, :T], S
+        S = dS_n + S if decay_n is None else torch.addcmul(dS_n, decay_n, S)
+    starts = torch.stack(starts, dim=2)  # [B, H, N, K, V] the state at each chunk's start
+    o = torch.baddbmm((A @ v).flatten(0, 2), q_in.flatten(0, 2), starts.flatten(0, 2))  # A V + Q_in S
+    return rearrange(o, "(b h n) c v -> b (n c) h v", b=B, h=H)[:, :T], S
 
 
 def check_chunk_size(chunk_size: int) -> None:
