@@ -167,7 +167,8 @@ def test_pretrained_from_local_file(tmp_path):
 
 
 def test_mixer_override():
-    model = mmeff.create_model("mixervit_test", mixer="attention", mixer_kwargs=dict(num_kv_heads=1))
-    assert model.blocks[0].mixer.num_kv_heads == 1
+    model = mmeff.create_model("mixervit_test", mixer="attention",
+                               mixer_kwargs=dict(num_heads=2, num_kv_heads=1))
+    assert model.blocks[0].mixer.mixer.num_kv_heads == 1  # inside the class-token wrapper
     with pytest.raises(ValueError, match="unknown mixer"):
         mmeff.create_model("mixervit_test", mixer="atention")

@@ -12,7 +12,7 @@ from mmeff.tasks import checkpoint as ckpt
 from mmeff.tasks.config import load_config
 from mmeff.tasks.runner import evaluate, train
 
-BASE = ["model.name=mixervit_test", "model.kwargs={embed_dim: 16, depth: 2, num_heads: 2, drop_path_rate: 0.1}",
+BASE = ["model.name=mixervit_test", "model.kwargs={embed_dim: 16, depth: 2, mixer_kwargs: {num_heads: 2}, drop_path_rate: 0.1}",
         "data.name=shapes", "data.kwargs={num_samples: 64, img_size: 32}", "data.batch_size=16",
         "data.eval_batch_size=32", "train.epochs=2", "train.log_every=1", "train.warmup_steps=2",
         "show_predictions=0", "device=cpu"]
@@ -46,7 +46,7 @@ def test_resume_continues_exactly(tmp_path):
 
 def test_two_processes_follow_the_same_curve(tmp_path):
     args = [a for a in BASE if not a.startswith("model.kwargs")]
-    args += ["model.kwargs={embed_dim: 16, depth: 2, num_heads: 2}", "train.epochs=1"]
+    args += ["model.kwargs={embed_dim: 16, depth: 2, mixer_kwargs: {num_heads: 2}}", "train.epochs=1"]
     one = subprocess.run([sys.executable, "-m", "mmeff.cli", "train", "/dev/null", *args,
                           f"output_dir={tmp_path / 'one'}"], capture_output=True, text=True, timeout=300)
     assert one.returncode == 0, one.stderr[-2000:]
@@ -85,7 +85,7 @@ def test_eval_and_checkpoint_of_another_model(tmp_path):
     train(cfg)
     res = evaluate(cfg, str(tmp_path / "run"))
     assert 0.0 <= res["top1"] <= 1.0
-    other = load_config(None, BASE + ["model.kwargs={embed_dim: 24, depth: 1, num_heads: 2}"])
+    other = load_config(None, BASE + ["model.kwargs={embed_dim: 24, depth: 1, mixer_kwargs: {num_heads: 2}}"])
     with pytest.raises(ValueError, match="shape mismatch|unexpected"):
         evaluate(other, str(tmp_path / "run"))
 
