@@ -45,18 +45,20 @@ def test_resume_continues_exactly(tmp_path):
 
 
 def test_two_processes_follow_the_same_curve(tmp_path):
+    """1 process vs 2 (gloo) with the same global batch: DDP, and FSDP2 ``fully_shard`` per block."""
     args = [a for a in BASE if not a.startswith("model.kwargs")]
     args += ["model.kwargs={embed_dim: 16, depth: 2, mixer_kwargs: {num_heads: 2}}", "train.epochs=1"]
-    one = subprocess.run([sys.executable, "-m", "mmeff.cli", "train", "/dev/null", *args,
-                          f"output_dir={tmp_path / 'one'}"], capture_output=True, text=True, timeout=300)
-    assert one.returncode == 0, one.stderr[-2000:]
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                          "--nproc_per_node", "2", "-m", "mmeff.cli", "train", "/dev/null", *args,
-                          f"output_dir={tmp_path / 'two'}"], capture_output=True, text=True, timeout=300)
-    assert two.returncode == 0, two.stderr[-2000:]
-    l1, l2 = _losses(tmp_path / "one"), _losses(tmp_path / "two")
-    assert len(l1) == len(l2) == 4
-    torch.testing.assert_close(torch.tensor(l2), torch.tensor(l1), rtol=1e-4, atol=1e-5)
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    runs = {"one": [sys.executable], "ddp": torchrun, "fsdp": torchrun}
+    for name, launcher in runs.items():
+        extra = ["dist.fsdp=true"] if name == "fsdp" else []
+        r = subprocess.run([*launcher, "-m", "mmeff.cli", "train", "/dev/null", *args, *extra,
+                            f"output_dir={tmp_path / name}"], capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr[-2000:]
+    l1 = torch.tensor(_losses(tmp_path / "one"))
+    assert len(l1) == 4
+    for name in ("ddp", "fsdp"):
+        torch.testing.assert_close(torch.tensor(_losses(tmp_path / name)), l1, rtol=1e-4, atol=1e-5)
 
 
 def test_disk_full_keeps_the_old_checkpoint(tmp_path, monkeypatch):
