@@ -11,41 +11,22 @@ from __future__ import annotations
 from typing import Callable, Optional, Tuple
 
 import torch
+from .._checks import check_float_same_device, check_qkv, check_shape
 
 Core = Callable[..., Tuple[torch.Tensor, Optional[torch.Tensor]]]
-
-
-def _shape(name: str, t: torch.Tensor, want: tuple, what: str) -> None:
-    if not isinstance(t, torch.Tensor):
-        raise ValueError(f"{name} must be a tensor of shape {what}, got {type(t).__name__}")
-    if tuple(t.shape) != tuple(want):
-        raise ValueError(f"{name} must have shape {what} = {tuple(want)}, got {tuple(t.shape)}")
 
 
 def check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: Optional[torch.Tensor],
                  beta: torch.Tensor, initial_state: Optional[torch.Tensor]) -> None:
     """Raise a ValueError naming the first argument whose shape, dtype or device is off."""
-    if not isinstance(q, torch.Tensor) or q.dim() != 4:
-        got = tuple(q.shape) if isinstance(q, torch.Tensor) else type(q).__name__
-        raise ValueError(f"q must be a 4D tensor [B, T, H, K], got {got}")
-    B, T, H, K = q.shape
-    _shape("k", k, (B, T, H, K), "[B, T, H, K]")
-    if not isinstance(v, torch.Tensor) or v.dim() != 4 or tuple(v.shape[:3]) != (B, T, H):
-        got = tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__
-        raise ValueError(f"v must have shape [B, T, H, V] with [B, T, H] = {(B, T, H)}, got {got}")
-    _shape("beta", beta, (B, T, H), "[B, T, H]")
+    B, T, H, K = check_qkv(q, k, v)
+    check_shape("beta", beta, (B, T, H), "[B, T, H]")
     if g is not None:
-        _shape("g", g, (B, T, H), "[B, T, H]")
+        check_shape("g", g, (B, T, H), "[B, T, H]")
     if initial_state is not None:
-        _shape("initial_state", initial_state, (B, H, K, v.shape[-1]), "[B, H, K, V]")
-    for name, t in (("q", q), ("k", k), ("v", v), ("g", g), ("beta", beta),
-                    ("initial_state", initial_state)):
-        if t is None:
-            continue
-        if not t.is_floating_point():
-            raise ValueError(f"{name} must be a floating-point tensor, got {t.dtype}")
-        if t.device != q.device:
-            raise ValueError(f"{name} must be on {q.device} like q, got {t.device}")
+        check_shape("initial_state", initial_state, (B, H, K, v.shape[-1]), "[B, H, K, V]")
+    check_float_same_device((("q", q), ("k", k), ("v", v), ("g", g), ("beta", beta),
+                             ("initial_state", initial_state)))
 
 
 def l2norm(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:

@@ -13,12 +13,9 @@ from __future__ import annotations
 from typing import Callable, Optional, Tuple
 
 import torch
+from .._checks import check_float_same_device, check_qkv, check_shape
 
 Core = Callable[..., Tuple[torch.Tensor, torch.Tensor]]
-
-
-def _describe(t) -> str:
-    return str(tuple(t.shape)) if isinstance(t, torch.Tensor) else type(t).__name__
 
 
 def check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: Optional[torch.Tensor],
@@ -27,29 +24,12 @@ def check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: Optional[
 
     ``per_key`` selects the gate layout: ``[B, T, H, K]`` (gla) or ``[B, T, H]`` (simple_gla).
     """
-    if not isinstance(q, torch.Tensor) or q.dim() != 4:
-        raise ValueError(f"q must be a 4D tensor [B, T, H, K], got {_describe(q)}")
-    B, T, H, K = q.shape
-    if not isinstance(k, torch.Tensor) or tuple(k.shape) != (B, T, H, K):
-        raise ValueError(f"k must have shape [B, T, H, K] = {(B, T, H, K)}, got {_describe(k)}")
-    if not isinstance(v, torch.Tensor) or v.dim() != 4 or tuple(v.shape[:3]) != (B, T, H):
-        raise ValueError(f"v must have shape [B, T, H, V] with [B, T, H] = {(B, T, H)}, got {_describe(v)}")
+    B, T, H, K = check_qkv(q, k, v)
     if g is not None:
-        want, what = ((B, T, H, K), "[B, T, H, K]") if per_key else ((B, T, H), "[B, T, H]")
-        if not isinstance(g, torch.Tensor) or tuple(g.shape) != want:
-            raise ValueError(f"g must have shape {what} = {want}, got {_describe(g)}")
+        check_shape("g", g, *(((B, T, H, K), "[B, T, H, K]") if per_key else ((B, T, H), "[B, T, H]")))
     if initial_state is not None:
-        want = (B, H, K, v.shape[-1])
-        if not isinstance(initial_state, torch.Tensor) or tuple(initial_state.shape) != want:
-            raise ValueError(f"initial_state must have shape [B, H, K, V] = {want}, "
-                             f"got {_describe(initial_state)}")
-    for name, t in (("q", q), ("k", k), ("v", v), ("g", g), ("initial_state", initial_state)):
-        if t is None:
-            continue
-        if not t.is_floating_point():
-            raise ValueError(f"{name} must be a floating-point tensor, got {t.dtype}")
-        if t.device != q.device:
-            raise ValueError(f"{name} must be on {q.device} like q, got {t.device}")
+        check_shape("initial_state", initial_state, (B, H, K, v.shape[-1]), "[B, H, K, V]")
+    check_float_same_device((("q", q), ("k", k), ("v", v), ("g", g), ("initial_state", initial_state)))
 
 
 def run_gla(core: Core, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: Optional[torch.Tensor],

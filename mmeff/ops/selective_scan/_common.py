@@ -18,30 +18,22 @@ from typing import Callable, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
+from .._checks import check_float_same_device, check_shape, describe
 
 Core = Callable[..., Tuple[torch.Tensor, torch.Tensor]]
 Result = Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]
 
 
-def _describe(t) -> str:
-    return str(tuple(t.shape)) if isinstance(t, torch.Tensor) else type(t).__name__
-
-
-def _check_shape(name: str, t, want: tuple, layout: str) -> None:
-    if not isinstance(t, torch.Tensor) or tuple(t.shape) != want:
-        raise ValueError(f"{name} must have shape {layout} = {want}, got {_describe(t)}")
-
-
 def check_inputs(u, delta, A, B, C, D, z, delta_bias, initial_state) -> None:
     """Raise a ValueError naming the first argument whose type, shape, dtype or device is off."""
     if not isinstance(u, torch.Tensor) or u.dim() != 3:
-        raise ValueError(f"u must be a 3D tensor [B, D, L], got {_describe(u)}")
+        raise ValueError(f"u must be a 3D tensor [B, D, L], got {describe(u)}")
     b, d, l = u.shape
     if l == 0:
         raise ValueError(f"u must hold at least one token (L >= 1), got shape {tuple(u.shape)}")
-    _check_shape("delta", delta, (b, d, l), "[B, D, L]")
+    check_shape("delta", delta, (b, d, l), "[B, D, L]")
     if not isinstance(A, torch.Tensor) or A.dim() != 2 or A.shape[0] != d:
-        raise ValueError(f"A must have shape [D, N] with D = {d}, got {_describe(A)}")
+        raise ValueError(f"A must have shape [D, N] with D = {d}, got {describe(A)}")
     if A.is_complex():
         raise ValueError("A must be real (complex A is not supported), got a complex tensor")
     n = A.shape[1]
@@ -52,24 +44,18 @@ def check_inputs(u, delta, A, B, C, D, z, delta_bias, initial_state) -> None:
                 and t.shape[1] > 0 and d % t.shape[1] == 0))
         if not ok:
             raise ValueError(f"{name} must have shape [B, N, L] = {(b, n, l)} or [B, G, N, L] with "
-                             f"G dividing D = {d}, got {_describe(t)}")
+                             f"G dividing D = {d}, got {describe(t)}")
     if D is not None:
-        _check_shape("D", D, (d,), "[D]")
+        check_shape("D", D, (d,), "[D]")
     if z is not None:
-        _check_shape("z", z, (b, d, l), "[B, D, L]")
+        check_shape("z", z, (b, d, l), "[B, D, L]")
     if delta_bias is not None:
-        _check_shape("delta_bias", delta_bias, (d,), "[D]")
+        check_shape("delta_bias", delta_bias, (d,), "[D]")
     if initial_state is not None:
-        _check_shape("initial_state", initial_state, (b, d, n), "[B, D, N]")
+        check_shape("initial_state", initial_state, (b, d, n), "[B, D, N]")
     named = (("u", u), ("delta", delta), ("A", A), ("B", B), ("C", C), ("D", D), ("z", z),
              ("delta_bias", delta_bias), ("initial_state", initial_state))
-    for name, t in named:
-        if t is None:
-            continue
-        if not t.is_floating_point():
-            raise ValueError(f"{name} must be a floating-point tensor, got {t.dtype}")
-        if t.device != u.device:
-            raise ValueError(f"{name} must be on {u.device} like u, got {t.device}")
+    check_float_same_device(named)
 
 
 def run_selective_scan(core: Core, u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor,

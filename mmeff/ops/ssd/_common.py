@@ -18,53 +18,39 @@ from typing import Callable, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
+from .._checks import check_float_same_device, check_shape, describe
 
 Core = Callable[..., Tuple[torch.Tensor, torch.Tensor]]
 Result = Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]
 
 
-def _describe(t) -> str:
-    return str(tuple(t.shape)) if isinstance(t, torch.Tensor) else type(t).__name__
-
-
-def _check_shape(name: str, t, want: tuple, layout: str) -> None:
-    if not isinstance(t, torch.Tensor) or tuple(t.shape) != want:
-        raise ValueError(f"{name} must have shape {layout} = {want}, got {_describe(t)}")
-
-
 def check_inputs(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states) -> None:
     """Raise a ValueError naming the first argument whose type, shape, dtype or device is off."""
     if not isinstance(x, torch.Tensor) or x.dim() != 4:
-        raise ValueError(f"x must be a 4D tensor [B, L, H, P], got {_describe(x)}")
+        raise ValueError(f"x must be a 4D tensor [B, L, H, P], got {describe(x)}")
     b, l, h, p = x.shape
     if l == 0:
         raise ValueError(f"x must hold at least one token (L >= 1), got shape {tuple(x.shape)}")
-    _check_shape("dt", dt, (b, l, h), "[B, L, H]")
-    _check_shape("A", A, (h,), "[H]")
+    check_shape("dt", dt, (b, l, h), "[B, L, H]")
+    check_shape("A", A, (h,), "[H]")
     if not isinstance(B, torch.Tensor) or B.dim() != 4 or tuple(B.shape[:2]) != (b, l) \
             or B.shape[2] == 0 or h % B.shape[2]:
         raise ValueError(f"B must have shape [B, L, G, N] with (B, L) = {(b, l)} and G dividing "
-                         f"H = {h}, got {_describe(B)}")
-    _check_shape("C", C, tuple(B.shape), "[B, L, G, N] like B")
+                         f"H = {h}, got {describe(B)}")
+    check_shape("C", C, tuple(B.shape), "[B, L, G, N] like B")
     if not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size <= 0:
         raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
     if D is not None and (not isinstance(D, torch.Tensor) or tuple(D.shape) not in ((h,), (h, p))):
-        raise ValueError(f"D must have shape [H] = {(h,)} or [H, P] = {(h, p)}, got {_describe(D)}")
+        raise ValueError(f"D must have shape [H] = {(h,)} or [H, P] = {(h, p)}, got {describe(D)}")
     if z is not None:
-        _check_shape("z", z, (b, l, h, p), "[B, L, H, P]")
+        check_shape("z", z, (b, l, h, p), "[B, L, H, P]")
     if dt_bias is not None:
-        _check_shape("dt_bias", dt_bias, (h,), "[H]")
+        check_shape("dt_bias", dt_bias, (h,), "[H]")
     if initial_states is not None:
-        _check_shape("initial_states", initial_states, (b, h, p, B.shape[3]), "[B, H, P, N]")
+        check_shape("initial_states", initial_states, (b, h, p, B.shape[3]), "[B, H, P, N]")
     named = (("x", x), ("dt", dt), ("A", A), ("B", B), ("C", C), ("D", D), ("z", z),
              ("dt_bias", dt_bias), ("initial_states", initial_states))
-    for name, t in named:
-        if t is None:
-            continue
-        if not t.is_floating_point():
-            raise ValueError(f"{name} must be a floating-point tensor, got {t.dtype}")
-        if t.device != x.device:
-            raise ValueError(f"{name} must be on {x.device} like x, got {t.device}")
+    check_float_same_device(named)
 
 
 def run_ssd(core: Core, x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
