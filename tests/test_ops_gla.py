@@ -5,6 +5,7 @@ import torch.nn.functional as F
 
 from mmeff.ops import (chunk_gla, chunk_simple_gla, force_backend, fused_recurrent_gla,
                        fused_recurrent_simple_gla, implementations, last_backend)
+from mmeff.ops.gla.chunk import SAFE_SPAN
 from mmeff.testing import AWKWARD_T, assert_close, assert_grads_close, grads, nan_poisoned_empty
 
 FAMILIES = {  # name -> (public chunk op, fused_recurrent op, gate has a key axis)
@@ -79,6 +80,21 @@ def test_chunk_size_invariance(family):
         assert_close(f"chunk_size={cs} state", s, s64, 1e-5)
     with pytest.raises(ValueError, match="chunk_size"):
         chunk(*x[:4], chunk_size=48)
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_one_factorisation_at_its_limit(family):
+    """Decays whose chunk span sits just under SAFE_SPAN: factors reach exp(+-60), still exact."""
+    x = _inputs(family, T=130)
+    with torch.no_grad():
+        x[3].copy_(-SAFE_SPAN / 64 * (0.97 + 0.02 * torch.rand_like(x[3])))
+    G = x[3].detach()[:, :64].cumsum(1)
+    assert 0.9 * SAFE_SPAN < -G.min() < SAFE_SPAN  # one chunk of 64 spans almost SAFE_SPAN
+    ref = _impl(family, "naive")(*x[:4], initial_state=x[4], output_final_state=True)
+    out = _impl(family, "chunk")(*x[:4], initial_state=x[4], output_final_state=True, chunk_size=64)
+    assert_close("o", out[0], ref[0], 1e-4)
+    assert_close("final_state", out[1], ref[1], 1e-4)
+    assert_grads_close(family, grads(out, x), grads(ref, x), 1e-4, NAMES)
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))

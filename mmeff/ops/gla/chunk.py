@@ -12,12 +12,13 @@ batched matmul; the only loop is the cheap ``S' = exp(G_C) * S + dS`` over chunk
 decay (simple GLA) is the same computation with ``G`` broadcast over the key channels.
 
 Exponents are cumulative decays *inside one chunk* (never across the sequence), so nothing grows
-with the sequence length.  ``A`` is one matmul, ``(Q * exp(G)) (K * exp(-G))^T`` masked, when
-every ``|G|`` of the chunk is below ``SAFE_SPAN`` (``exp(-G)`` then stays far from overflow):
-the usual case.  Under stronger decays the chunk is halved: the second half attends to the first
-through ``q exp(G - r)`` and ``k exp(r - G)`` with ``r`` the decay through the first half (both
-factors <= 1), and each half, re-based to its own start, recurses until it is safe (or a single
-token, ``A_ii = q_i . k_i``).  This is the secondary chunking of fla's kernels
+with the sequence length.  ``A`` is one matmul, ``tril((Q * exp(G - r)) (K * exp(r - G))^T)``
+with ``r`` the mid-range of each chunk's ``G`` per channel, when every chunk's ``G`` spans at
+most ``SAFE_SPAN`` (all exponents then within +-60, far from fp32 overflow): the usual case, and
+its factors also give ``Q * exp(G)`` and ``K * exp(G_C - G)``.  Under stronger decays the chunk
+is halved: the second half attends to the first through ``q exp(G - r)`` and ``k exp(r - G)``
+with ``r`` the decay through the first half (both factors <= 1), and each half recurses until it
+is safe (a single token always is).  This is the secondary chunking of fla's kernels
 (https://arxiv.org/abs/2312.06635, Sec. 4.2), applied only where the decay demands it.
 """
 from __future__ import annotations
@@ -32,36 +33,36 @@ from .._dispatch import dispatch, register_impl
 from ._common import check_inputs, run_gla
 
 CHUNK_SIZE = 64  # measured on CPU (see the ops report): 32 and 128 are slower at T=4096, D=64
-SAFE_SPAN = 60.0  # blocks whose |cumulative decay| stays below this are factorised at once
+SAFE_SPAN = 120.0  # blocks whose cumulative decay spans less are factorised at once
 
 
 def _safe(G: torch.Tensor) -> bool:
-    """Whether ``exp(G)`` and ``exp(-G)`` are both far from fp32 overflow for every entry."""
-    return bool(G.abs().amax() <= SAFE_SPAN)
+    """Whether every block's cumulative decay spans at most ``SAFE_SPAN`` (per channel)."""
+    return bool((G.amax(-2) - G.amin(-2)).amax() <= SAFE_SPAN)
 
 
 def _factorised(q: torch.Tensor, k: torch.Tensor, G: torch.Tensor):
-    """``A = tril((q exp(G)) (k exp(-G))^T)`` for a safe ``G``; also returns both factors."""
-    q_dec, k_inc = q * G.exp(), k * (-G).exp()
-    return (q_dec @ k_inc.transpose(-1, -2)).tril(), q_dec, k_inc
+    """``A = tril((q exp(G - r)) (k exp(r - G))^T)`` for a safe ``G``, ``r`` its mid-range.
+
+    Every exponent lies within ``+-SAFE_SPAN / 2``.  Returns ``A``, both factors and ``r``
+    ``[..., 1, K or 1]`` (A does not depend on r, so r carries no gradient).
+    """
+    r = ((G.amax(-2, keepdim=True) + G.amin(-2, keepdim=True)) / 2).detach()
+    q_dec, k_inc = q * (G - r).exp(), k * (r - G).exp()
+    return (q_dec @ k_inc.transpose(-1, -2)).tril(), q_dec, k_inc, r
 
 
 def _intra(q: torch.Tensor, k: torch.Tensor, G: torch.Tensor) -> torch.Tensor:
     """``A = tril(sum_d q_id k_jd exp(G_id - G_jd))``: q, k ``[..., n, K]`` -> ``[..., n, n]``.
 
-    ``G`` ``[..., n, K or 1]`` is the cumulative log-decay from just before each block's first
-    token; ``n`` is a power of two.
+    ``G`` ``[..., n, K or 1]`` is a cumulative log-decay; ``n`` is a power of two.
     """
-    n = G.shape[-2]
-    if n == 1:
-        return (q * k).sum(-1, keepdim=True)  # [..., 1, 1]
-    if _safe(G):
+    if _safe(G):  # always true for single tokens
         return _factorised(q, k, G)[0]
-    h = n // 2
+    h = G.shape[-2] // 2
     q2, k2, G2 = (t.unflatten(-2, (2, h)) for t in (q, k, G))  # [..., 2, h, K]: the two halves
     r = G2[..., 0, -1:, :].detach()  # [..., 1, K] decay through the first half (A is free of r)
-    G2 = G2 - torch.stack([torch.zeros_like(r), r], dim=-3)  # each half's decay from its own start
-    q_late = q2[..., 1, :, :] * G2[..., 1, :, :].exp()  # exponents <= 0
+    q_late = q2[..., 1, :, :] * (G2[..., 1, :, :] - r).exp()  # exponents <= 0
     k_early = k2[..., 0, :, :] * (r - G2[..., 0, :, :]).exp()
     cross = q_late @ k_early.transpose(-1, -2)  # [..., h, h]: second half attends to the first
     halves = _intra(q2, k2, G2)  # [..., 2, h, h]
@@ -90,8 +91,8 @@ def chunk_recurrence(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: Optio
         G = rearrange(g, "b (n c) h d -> b h n c d", c=C).cumsum(-2)  # [B, H, N, C, 1 or K]
         G_end = G[..., -1:, :]  # [B, H, N, 1, 1 or K]
         if _safe(G):  # the usual case: the factors of A also serve the inter-chunk terms
-            A, q_in, k_inc = _factorised(q, k, G)
-            k_end = k_inc * G_end.exp()
+            A, q_dec, k_inc, r = _factorised(q, k, G)
+            q_in, k_end = q_dec * r.exp(), k_inc * (G_end - r).exp()
         else:
             A = _intra(q, k, G)  # [B, H, N, C, C]
             q_in = q * G.exp()  # queries see the chunk-start state decayed up to them
