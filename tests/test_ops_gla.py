@@ -178,3 +178,5 @@ def test_bad_inputs_name_the_argument(family):
             fn(q, k, v, g, initial_state=h0[..., :5])
         with pytest.raises(ValueError, match="floating-point"):
             fn(q, k.long(), v, g)
+        with pytest.raises(ValueError, match="scale"):
+            fn(q, k, v, g, scale=0.0)

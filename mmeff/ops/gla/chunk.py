@@ -23,6 +23,7 @@ is safe (a single token always is).  This is the secondary chunking of fla's ker
 """
 from __future__ import annotations
 
+import math
 from typing import Optional, Tuple
 
 import torch
@@ -41,15 +42,14 @@ def _safe(G: torch.Tensor) -> bool:
     return bool((G.amax(-2) - G.amin(-2)).amax() <= SAFE_SPAN)
 
 
-def _factorised(q: torch.Tensor, k: torch.Tensor, G: torch.Tensor):
-    """``A = tril((q exp(G - r)) (k exp(r - G))^T)`` for a safe ``G``, ``r`` its mid-range.
+def _midrange(G: torch.Tensor) -> torch.Tensor:
+    """``[..., n, d] -> [..., 1, d]``: the middle of each block's range (a reference, no gradient)."""
+    return ((G.amax(-2, keepdim=True) + G.amin(-2, keepdim=True)) / 2).detach()
 
-    Every exponent lies within ``+-SAFE_SPAN / 2``.  Returns ``A``, both factors and ``r``
-    ``[..., 1, K or 1]`` (A does not depend on r, so r carries no gradient).
-    """
-    r = ((G.amax(-2, keepdim=True) + G.amin(-2, keepdim=True)) / 2).detach()
-    q_dec, k_inc = q * (G - r).exp(), k * (r - G).exp()
-    return (q_dec @ k_inc.transpose(-1, -2)).tril(), q_dec, k_inc, r
+
+def _decayed(q: torch.Tensor, k: torch.Tensor, G: torch.Tensor, r_q: torch.Tensor, r_k: torch.Tensor):
+    """``q exp(G - r_q)`` and ``k exp(r_k - G)``: queries and keys decayed relative to references."""
+    return q * (G - r_q).exp(), k * (r_k - G).exp()
 
 
 def _intra(q: torch.Tensor, k: torch.Tensor, G: torch.Tensor) -> torch.Tensor:
@@ -57,8 +57,10 @@ def _intra(q: torch.Tensor, k: torch.Tensor, G: torch.Tensor) -> torch.Tensor:
 
     ``G`` ``[..., n, K or 1]`` is a cumulative log-decay; ``n`` is a power of two.
     """
-    if _safe(G):  # always true for single tokens
-        return _factorised(q, k, G)[0]
+    if _safe(G):  # one factorisation around the mid-range (always, for single tokens)
+        r = _midrange(G)
+        q_dec, k_dec = _decayed(q, k, G, r, r)  # exponents within +-SAFE_SPAN / 2
+        return (q_dec @ k_dec.transpose(-1, -2)).tril_()
     h = G.shape[-2] // 2
     q2, k2, G2 = (t.unflatten(-2, (2, h)) for t in (q, k, G))  # [..., 2, h, K]: the two halves
     r = G2[..., 0, -1:, :].detach()  # [..., 1, K] decay through the first half (A is free of r)
@@ -72,43 +74,45 @@ def _intra(q: torch.Tensor, k: torch.Tensor, G: torch.Tensor) -> torch.Tensor:
 
 
 def chunk_recurrence(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: Optional[torch.Tensor],
-                     initial_state: Optional[torch.Tensor], output_final_state: bool,
+                     scale: float, initial_state: Optional[torch.Tensor], output_final_state: bool,
                      chunk_size: int = CHUNK_SIZE) -> Tuple[torch.Tensor, torch.Tensor]:
-    """The chunked core; ``g`` None, ``[B, T, H, 1]`` or ``[B, T, H, K]``; q pre-scaled."""
+    """The chunked core; ``g`` None, ``[B, T, H, 1]`` or ``[B, T, H, K]``."""
     B, T, H, K = q.shape
     V = v.shape[-1]
+    if g is None:  # no decay: the per-head form with g = 0
+        g = q.new_zeros(B, T, H, 1)
     C = min(chunk_size, 1 << max(T - 1, 0).bit_length())  # short inputs use a short chunk
     pad = (-T) % C  # zero tokens at the end (k = 0, g = 0) leave the state untouched
     if pad:
-        q, k, v = (F.pad(t, (0, 0, 0, 0, 0, pad)) for t in (q, k, v))
-        g = None if g is None else F.pad(g, (0, 0, 0, 0, 0, pad))
+        q, k, v, g = (F.pad(t, (0, 0, 0, 0, 0, pad)) for t in (q, k, v, g))
     # one copy each into the chunk-major layout: every matmul below then runs without copies
     q, k, v = (rearrange(t, "b (n c) h d -> b h n c d", c=C).contiguous() for t in (q, k, v))
-    if g is None:
-        A = (q @ k.transpose(-1, -2)).tril()
-        q_in, k_end, chunk_decay = q, k, None
-    else:
-        G = rearrange(g, "b (n c) h d -> b h n c d", c=C).cumsum(-2)  # [B, H, N, C, 1 or K]
-        G_end = G[..., -1:, :]  # [B, H, N, 1, 1 or K]
-        if _safe(G):  # the usual case: the factors of A also serve the inter-chunk terms
-            A, q_dec, k_inc, r = _factorised(q, k, G)
-            q_in, k_end = q_dec * r.exp(), k_inc * (G_end - r).exp()
-        else:
-            A = _intra(q, k, G)  # [B, H, N, C, C]
-            q_in = q * G.exp()  # queries see the chunk-start state decayed up to them
-            k_end = k * (G_end - G).exp()  # keys decayed to the chunk end
-        chunk_decay = G_end.transpose(-1, -2).exp()  # [B, H, N, 1 or K, 1]
-    dS = k_end.transpose(-1, -2) @ v  # [B, H, N, K, V]: each chunk's own contribution
+    G = rearrange(g, "b (n c) h d -> b h n c d", c=C).cumsum(-2)  # [B, H, N, C, 1 or K]
+    G_end = G[..., -1:, :]  # [B, H, N, 1, 1 or K]
+    # queries and keys decayed relative to per-chunk references r_q, r_k (scale folded into r_q);
+    # the state terms below undo the references with small [.., 1 or K, 1] factors
+    if _safe(G):  # the usual case: one factorisation around the mid-range gives A as well
+        r_q = r_k = _midrange(G)
+        q_dec, k_dec = _decayed(q, k, G, r_q - math.log(scale), r_k)
+        A = (q_dec @ k_dec.transpose(-1, -2)).tril_()  # [B, H, N, C, C]
+    else:  # strong decay: A by halving; references at the chunk's start (queries) and end (keys)
+        r_q, r_k = torch.zeros_like(G_end), G_end
+        A = _intra(q * scale, k, G)
+        q_dec, k_dec = _decayed(q, k, G, r_q - math.log(scale), r_k)
+    state_in = r_q.exp().transpose(-1, -2)  # [B, H, N, 1 or K, 1]: q_dec S_in = scale q exp(G) S
+    state_out = (G_end - r_k).exp().transpose(-1, -2)  # keys' decay from r_k to the chunk end
+    chunk_decay = G_end.exp().transpose(-1, -2)
+    dS = k_dec.transpose(-1, -2) @ v  # [B, H, N, K, V]: each chunk's own contribution
     S = q.new_zeros(B, H, K, V) if initial_state is None else initial_state
     starts = []
     # unbind, not dS[:, :, n]: autograd then stacks the per-chunk gradients once instead of
     # scattering each into a zero tensor of the full size
-    decays = [None] * q.shape[2] if chunk_decay is None else chunk_decay.unbind(2)
-    for dS_n, decay_n in zip(dS.unbind(2), decays):
-        starts.append(S)
-        S = dS_n + S if decay_n is None else torch.addcmul(dS_n, decay_n, S)
-    starts = torch.stack(starts, dim=2)  # [B, H, N, K, V] the state at each chunk's start
-    o = torch.baddbmm((A @ v).flatten(0, 2), q_in.flatten(0, 2), starts.flatten(0, 2))  # A V + Q_in S
+    per_chunk = (t.unbind(2) for t in (dS, chunk_decay, state_in, state_out))
+    for dS_n, decay_n, in_n, out_n in zip(*per_chunk):
+        starts.append(in_n * S)
+        S = torch.addcmul(decay_n * S, out_n, dS_n)
+    starts = torch.stack(starts, dim=2)  # [B, H, N, K, V]
+    o = torch.baddbmm((A @ v).flatten(0, 2), q_dec.flatten(0, 2), starts.flatten(0, 2))  # A V + Q S
     return rearrange(o, "(b h n) c v -> b (n c) h v", b=B, h=H)[:, :T], S
 
 
@@ -149,5 +153,5 @@ def chunk_gla(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor
     Returns:
         ``(o[B, T, H, V] in v's dtype, final_state[B, H, K, V] fp32 or None)``.
     """
-    check_inputs(q, k, v, g, initial_state, per_key=True)
+    check_inputs(q, k, v, g, initial_state, per_key=True, scale=scale)
     return dispatch("chunk_gla", q.device)(q, k, v, g, scale, initial_state, output_final_state, reverse)

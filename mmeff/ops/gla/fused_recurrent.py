@@ -15,13 +15,13 @@ from ._common import check_inputs, run_gla
 
 
 def recurrence(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: Optional[torch.Tensor],
-               initial_state: Optional[torch.Tensor],
+               scale: float, initial_state: Optional[torch.Tensor],
                output_final_state: bool) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Token loop; ``g`` None, ``[B, T, H, 1]`` or ``[B, T, H, K]``; q pre-scaled."""
+    """Token loop; ``g`` None, ``[B, T, H, 1]`` or ``[B, T, H, K]``."""
     B, T, H, K = q.shape
     V = v.shape[-1]
     # per-token views by unbind (autograd stacks their gradients once, no per-step scatter)
-    qs = rearrange(q, "b t h k -> t (b h) 1 k").unbind(0)
+    qs = rearrange(q * scale, "b t h k -> t (b h) 1 k").unbind(0)
     ks = rearrange(k, "b t h k -> t (b h) k 1").unbind(0)
     vs = rearrange(v, "b t h v -> t (b h) 1 v").unbind(0)
     decays = [None] * T if g is None else rearrange(g.exp(), "b t h k -> t (b h) k 1").unbind(0)
@@ -38,5 +38,5 @@ def fused_recurrent_gla(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: to
                         scale: Optional[float] = None, initial_state: Optional[torch.Tensor] = None,
                         output_final_state: bool = False, reverse: bool = False):
     """GLA token by token; arguments and returns as :func:`~mmeff.ops.gla.chunk_gla`."""
-    check_inputs(q, k, v, g, initial_state, per_key=True)
+    check_inputs(q, k, v, g, initial_state, per_key=True, scale=scale)
     return run_gla(recurrence, q, k, v, g, scale, initial_state, output_final_state, reverse)

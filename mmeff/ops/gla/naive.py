@@ -17,10 +17,11 @@ from ._common import run_gla
 
 
 def naive_recurrence(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: Optional[torch.Tensor],
-                     initial_state: Optional[torch.Tensor],
+                     scale: float, initial_state: Optional[torch.Tensor],
                      output_final_state: bool) -> Tuple[torch.Tensor, torch.Tensor]:
-    """The loop over tokens; ``g`` None, ``[B, T, H, 1]`` or ``[B, T, H, K]``, q pre-scaled."""
+    """The loop over tokens; ``g`` None, ``[B, T, H, 1]`` or ``[B, T, H, K]``."""
     B, T, H, K = q.shape
+    q = q * scale
     S = q.new_zeros(B, H, K, v.shape[-1]) if initial_state is None else initial_state  # [B, H, K, V]
     gates = [None] * T if g is None else g.unbind(1)
     o = []

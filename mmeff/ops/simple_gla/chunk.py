@@ -47,6 +47,6 @@ def chunk_simple_gla(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: Optio
     Returns:
         ``(o[B, T, H, V] in v's dtype, final_state[B, H, K, V] fp32 or None)``.
     """
-    check_inputs(q, k, v, g, initial_state, per_key=False)
+    check_inputs(q, k, v, g, initial_state, per_key=False, scale=scale)
     return dispatch("chunk_simple_gla", q.device)(q, k, v, g, scale, initial_state, output_final_state,
                                                   reverse)

@@ -15,6 +15,6 @@ def fused_recurrent_simple_gla(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
                                initial_state: Optional[torch.Tensor] = None,
                                output_final_state: bool = False, reverse: bool = False):
     """Simple GLA token by token; arguments and returns as :func:`~mmeff.ops.simple_gla.chunk_simple_gla`."""
-    check_inputs(q, k, v, g, initial_state, per_key=False)
+    check_inputs(q, k, v, g, initial_state, per_key=False, scale=scale)
     return run_gla(recurrence, q, k, v, per_head_gate(g), scale, initial_state, output_final_state,
                    reverse)
