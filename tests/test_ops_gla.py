@@ -5,6 +5,7 @@ import torch.nn.functional as F
 
 from mmeff.ops import (chunk_gla, chunk_simple_gla, force_backend, fused_recurrent_gla,
                        fused_recurrent_simple_gla, implementations, last_backend)
+from mmeff.ops.gla import chunk as gla_chunk
 from mmeff.ops.gla.chunk import SAFE_SPAN
 from mmeff.testing import AWKWARD_T, assert_close, assert_grads_close, grads, nan_poisoned_empty
 
@@ -46,7 +47,8 @@ def _inputs(family, B=1, T=63, H=2, K=60, V=100, decay="weak", dtype=torch.float
 @pytest.mark.parametrize("decay", ["weak", "strong"])
 @pytest.mark.parametrize("T", AWKWARD_T)
 @pytest.mark.parametrize("family", list(FAMILIES))
-def test_forms_match_naive(family, T, decay):
+def test_forms_match_naive(family, T, decay, monkeypatch):
+    monkeypatch.setattr(gla_chunk, "SEGMENT_SIZE", 2 ** 15)  # several segments of 1-2 chunks
     x = _inputs(family, B=2 if T < 500 else 1, T=T, decay=decay)
     ref = _impl(family, "naive")(*x[:4], initial_state=x[4], output_final_state=True)
     ref_grads = grads(ref, x)
@@ -70,7 +72,7 @@ def test_bf16_inputs(family):
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))
-def test_chunk_size_invariance(family):
+def test_chunk_and_segment_size_invariance(family, monkeypatch):
     x = [t.detach() for t in _inputs(family, T=75, decay="strong")]
     chunk = _impl(family, "chunk")
     o64, s64 = chunk(*x[:4], initial_state=x[4], output_final_state=True, chunk_size=64)
@@ -78,6 +80,10 @@ def test_chunk_size_invariance(family):
         o, s = chunk(*x[:4], initial_state=x[4], output_final_state=True, chunk_size=cs)
         assert_close(f"chunk_size={cs} o", o, o64, 1e-5)
         assert_close(f"chunk_size={cs} state", s, s64, 1e-5)
+    monkeypatch.setattr(gla_chunk, "SEGMENT_SIZE", 1)  # one chunk per segment
+    o, s = chunk(*x[:4], initial_state=x[4], output_final_state=True, chunk_size=16)
+    assert_close("segmented o", o, o64, 1e-5)
+    assert_close("segmented state", s, s64, 1e-5)
     with pytest.raises(ValueError, match="chunk_size"):
         chunk(*x[:4], chunk_size=48)
 

@@ -8,8 +8,10 @@ start and ``G_C`` its last row:
     S' = exp(G_C) * S + (K * exp(G_C - G))^T V
 
 ``A`` for every chunk, the chunk-state contributions and the inter-chunk outputs are each one
-batched matmul; the only loop is the cheap ``S' = exp(G_C) * S + dS`` over chunks.  A per-head
-decay (simple GLA) is the same computation with ``G`` broadcast over the key channels.
+batched matmul; the only loop is the cheap ``S' = exp(G_C) * S + dS`` over chunks.  Long inputs
+go through in segments of whole chunks (about 1 MB per tensor, state carried across) so the
+temporaries stay in cache: 1.3-1.7x faster on CPU than all chunks at once.  A per-head decay
+(simple GLA) is the same computation with ``G`` broadcast over the key channels.
 
 Exponents are cumulative decays *inside one chunk* (never across the sequence), so nothing grows
 with the sequence length.  ``A`` is one matmul, ``tril((Q * exp(G - r)) (K * exp(r - G))^T)``
@@ -33,7 +35,8 @@ from einops import rearrange
 from .._dispatch import dispatch, register_impl
 from ._common import check_inputs, run_gla
 
-CHUNK_SIZE = 64  # measured on CPU (see the ops report): 32 and 128 are slower at T=4096, D=64
+CHUNK_SIZE = 64  # measured on CPU (2 threads, T=4096, H=4, D=64): 32 and 128 are slower
+SEGMENT_SIZE = 2 ** 18  # elements per [B, H, L, D] tensor of a segment: 1 MB fp32 (measured best)
 SAFE_SPAN = 120.0  # blocks whose cumulative decay spans less are factorised at once
 
 
@@ -76,12 +79,29 @@ def _intra(q: torch.Tensor, k: torch.Tensor, G: torch.Tensor) -> torch.Tensor:
 def chunk_recurrence(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: Optional[torch.Tensor],
                      scale: float, initial_state: Optional[torch.Tensor], output_final_state: bool,
                      chunk_size: int = CHUNK_SIZE) -> Tuple[torch.Tensor, torch.Tensor]:
-    """The chunked core; ``g`` None, ``[B, T, H, 1]`` or ``[B, T, H, K]``."""
+    """The chunked core; ``g`` None, ``[B, T, H, 1]`` or ``[B, T, H, K]``.
+
+    Runs segment by segment (whole chunks, about ``SEGMENT_SIZE`` elements per ``[B, H, L, D]``
+    tensor) so that each segment's temporaries stay in cache, carrying the state across.
+    """
     B, T, H, K = q.shape
     V = v.shape[-1]
     if g is None:  # no decay: the per-head form with g = 0
         g = q.new_zeros(B, T, H, 1)
     C = min(chunk_size, 1 << max(T - 1, 0).bit_length())  # short inputs use a short chunk
+    L = C * max(1, SEGMENT_SIZE // (B * H * C * max(K, V)))  # tokens per segment
+    S = q.new_zeros(B, H, K, V) if initial_state is None else initial_state
+    outs = []
+    for t in range(0, T, L):
+        o, S = _segment(q[:, t:t + L], k[:, t:t + L], v[:, t:t + L], g[:, t:t + L], scale, S, C)
+        outs.append(o)
+    return torch.cat(outs, dim=1), S  # [B, T, H, V]
+
+
+def _segment(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, scale: float,
+             S: torch.Tensor, C: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """All chunks of one segment at once, from the state ``S`` at its start."""
+    B, T, H, K = q.shape
     pad = (-T) % C  # zero tokens at the end (k = 0, g = 0) leave the state untouched
     if pad:
         q, k, v, g = (F.pad(t, (0, 0, 0, 0, 0, pad)) for t in (q, k, v, g))
@@ -103,7 +123,6 @@ def chunk_recurrence(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: Optio
     state_out = (G_end - r_k).exp().transpose(-1, -2)  # keys' decay from r_k to the chunk end
     chunk_decay = G_end.exp().transpose(-1, -2)
     dS = k_dec.transpose(-1, -2) @ v  # [B, H, N, K, V]: each chunk's own contribution
-    S = q.new_zeros(B, H, K, V) if initial_state is None else initial_state
     starts = []
     # unbind, not dS[:, :, n]: autograd then stacks the per-chunk gradients once instead of
     # scattering each into a zero tensor of the full size
