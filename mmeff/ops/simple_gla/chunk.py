@@ -1,7 +1,7 @@
 """Chunked simple GLA: the chunked core of :mod:`mmeff.ops.gla.chunk` with one decay per head.
 
-With a per-head decay the intra-chunk matrix is ``(Q K^T) * exp(G_i - G_j)`` (no secondary
-chunking needed), so this is the fastest form of the family.
+The per-head decay broadcasts over the key channels (its exponentials are ``[.., C, 1]``, so the
+decay costs almost nothing next to the matmuls).
 """
 from __future__ import annotations
 
