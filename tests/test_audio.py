@@ -16,7 +16,7 @@ from mmeff.cli import main
 from mmeff.layers.audio import AudioFrontend, StreamingResampler
 from mmeff.tasks.data import write_wav
 from mmeff.tasks.stream import stdin_source
-from mmeff.testing import assert_close, random_splits
+from mmeff.testing import assert_close, random_splits, run_in_chunks
 
 STREAM_TEST = ["stream_mamba_test", "stream_mamba2_test", "stream_gdn_test"]
 TOKEN = 640  # samples per token of the streaming models (4 frames of 10 ms at 16 kHz)
@@ -24,16 +24,6 @@ TOKEN = 640  # samples per token of the streaming models (4 frames of 10 ms at 1
 
 def _wave(batch=2, samples=8000, seed=0):
     return 0.1 * torch.randn(batch, samples, generator=torch.Generator().manual_seed(seed))
-
-
-def _run(step, x, state, splits):
-    """Feed ``x[B, N]`` through ``step`` in pieces of ``splits`` samples; concat outputs."""
-    ys, pos = [], 0
-    for n in splits:
-        y, state = step(x[:, pos:pos + n], state)
-        ys.append(y)
-        pos += n
-    return torch.cat(ys, dim=1), state
 
 
 # ------------------------------------------------------------------------------- front end
@@ -46,7 +36,7 @@ def test_frontend_streaming_equals_offline(features):
     gen = torch.Generator().manual_seed(1)
     for splits in ([160] * 25, [1] * 7 + [3993], [4000], random_splits(4000, gen, 9),
                    random_splits(4000, gen, 30)):
-        y, state = _run(fe.step, x, fe.init_state(2), splits)
+        y, state = run_in_chunks(fe.step, x, fe.init_state(2), splits)
         assert_close(f"{features} {splits[:4]}", y, full, 1e-5)
         assert state["wave"].shape[1] == fe.win - fe.hop + 4000 % 160
 
@@ -76,7 +66,7 @@ def test_streaming_resampler_equals_offline(rates):
     r = StreamingResampler(*rates)
     x = _wave(batch=1, samples=rates[0] // 5 + 13)
     ref = torchaudio.functional.resample(x, *rates)
-    y, state = _run(r.step, x, r.init_state(1), random_splits(x.shape[1], torch.Generator().manual_seed(2), 7))
+    y, state = run_in_chunks(r.step, x, r.init_state(1), random_splits(x.shape[1], torch.Generator().manual_seed(2), 7))
     y = torch.cat([y, r.flush(state)], dim=1)
     assert_close(f"resample {rates}", y, ref, 1e-5)
 
@@ -91,7 +81,7 @@ def test_stream_step_equals_offline(name):
         full = model.forward_frames(x)
         assert full.shape == (2, 10, 6)
         for splits in ([160] * 40, [TOKEN] * 10, [6400], random_splits(6400, gen, 12)):
-            y, state = _run(model.step, x, model.init_state(2), splits)
+            y, state = run_in_chunks(model.step, x, model.init_state(2), splits)
             assert_close(f"{name} {splits[:3]}", y, full, 1e-5)
         assert_close("clip", model.clip_logits(state), model(x), 1e-5)
         idx, valid = model.output_frames(state, 3)
@@ -103,7 +93,7 @@ def test_stream_lookahead_and_frame_logits():
     x = _wave(samples=6400)
     with torch.no_grad():
         full = model.forward_frames(x)
-        y, state = _run(model.step, x, model.init_state(2), [480] * 13 + [160])
+        y, state = run_in_chunks(model.step, x, model.init_state(2), [480] * 13 + [160])
         tail, state = model.flush(state)
         y = torch.cat([y, tail], dim=1)
         idx, valid = model.output_frames(state, y.shape[1])
@@ -124,8 +114,8 @@ def test_streams_join_and_leave():
     model = mmeff.create_model("stream_gdn_test", num_classes=4).eval()
     a, b, c = (_wave(batch=1, samples=9 * TOKEN, seed=s) for s in (4, 5, 6))
     with torch.no_grad():
-        alone_a, _ = _run(model.step, a, model.init_state(1), [3 * TOKEN] * 3)
-        alone_c, _ = _run(model.step, c[:, :6 * TOKEN], model.init_state(1), [3 * TOKEN] * 2)
+        alone_a, _ = run_in_chunks(model.step, a, model.init_state(1), [3 * TOKEN] * 3)
+        alone_c, _ = run_in_chunks(model.step, c[:, :6 * TOKEN], model.init_state(1), [3 * TOKEN] * 2)
         state = model.init_state(2)
         y0, state = model.step(torch.cat([a[:, :3 * TOKEN], b[:, :3 * TOKEN]]), state)
         state = model.reset_streams(state, torch.tensor([False, True]))
@@ -150,14 +140,14 @@ def test_state_save_and_restore(tmp_path):
     model = mmeff.create_model("stream_mamba2_test", num_classes=4).eval()
     x = _wave(samples=7000)
     with torch.no_grad():
-        full, _ = _run(model.step, x, model.init_state(2), [1000] * 7)
-        first, state = _run(model.step, x[:, :3000], model.init_state(2), [1000] * 3)
+        full, _ = run_in_chunks(model.step, x, model.init_state(2), [1000] * 7)
+        first, state = run_in_chunks(model.step, x[:, :3000], model.init_state(2), [1000] * 3)
         torch.save(state, tmp_path / "state.pt")
         restarted = mmeff.create_model("stream_mamba2_test", num_classes=4).eval()
         restarted.load_state_dict(model.state_dict())
         state = torch.load(tmp_path / "state.pt", weights_only=True)
         assert all(torch.is_tensor(v) for v in state.values())
-        rest, _ = _run(restarted.step, x[:, 3000:], state, [1000] * 4)
+        rest, _ = run_in_chunks(restarted.step, x[:, 3000:], state, [1000] * 4)
     assert_close("resumed", torch.cat([first, rest], 1), full, 1e-6)
 
 
