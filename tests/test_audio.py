@@ -88,6 +88,20 @@ def test_stream_step_equals_offline(name):
         assert idx.tolist() == [[7, 8, 9]] * 2 and valid.all()
 
 
+def test_compiled_step_equals_eager():
+    """``compile_step`` (torch.compile of the blocks) gives the eager outputs and states, chunk after
+    chunk, and a chunk of another length (another compiled graph) too."""
+    model = mmeff.create_model("stream_mamba2_test", num_classes=4, depth=1).eval()
+    x = _wave(batch=1, samples=5 * TOKEN)
+    with torch.no_grad():
+        y_eager, s_eager = run_in_chunks(model.step, x, model.init_state(1), [2 * TOKEN] * 2 + [TOKEN])
+        assert model.compile_step() is model
+        y, s = run_in_chunks(model.step, x, model.init_state(1), [2 * TOKEN] * 2 + [TOKEN])
+    assert_close("compiled step", y, y_eager, 1e-5)
+    for k in s_eager:
+        assert_close(f"state {k}", s[k].float(), s_eager[k].float(), 1e-5)
+
+
 def test_stream_lookahead_and_frame_logits():
     model = mmeff.create_model("stream_mamba2_test", num_classes=5, lookahead=8).eval()
     x = _wave(samples=6400)
