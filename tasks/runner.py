@@ -4,6 +4,9 @@ One entry point for ``python`` and ``torchrun`` (nanoGPT): under torchrun every 
 share of each global batch (DDP, or FSDP2 ``fully_shard`` per block with ``dist.fsdp=true``; gloo on
 CPU, NCCL on GPU), so 1 and N processes with the same global batch follow the same loss curve.
 Data order is a function of (seed, epoch), so ``resume`` continues exactly where a run stopped.
+Checkpoints hold whole (unsharded) weights and optimizer state by parameter name
+(``torch.distributed.checkpoint.state_dict``), so a run saved under FSDP2 resumes under FSDP2, DDP
+or one process alike.
 """
 from __future__ import annotations
 
@@ -18,6 +21,9 @@ from typing import Any, Dict, Iterator, List, Optional
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                     get_optimizer_state_dict, set_model_state_dict,
+                                                     set_optimizer_state_dict)
 from torch.utils.data import DataLoader
 
 from mmeff._registry import load_checkpoint
@@ -127,9 +133,12 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return getattr(model, "module", model)      # DDP
 
 
+_FULL = StateDictOptions(full_state_dict=True)  # whole tensors under FSDP2, plain names under DDP
+
+
 def _full_state(model: nn.Module) -> Dict[str, torch.Tensor]:
-    sd = _unwrap(model).state_dict()
-    return {k: (v.full_tensor() if hasattr(v, "full_tensor") else v) for k, v in sd.items()}
+    """The unsharded weights (every rank takes part in gathering FSDP2 shards)."""
+    return get_model_state_dict(_unwrap(model), options=_FULL)
 
 
 class _StateView(nn.Module):
@@ -255,10 +264,10 @@ def train(cfg: RunConfig) -> Dict[str, Any]:
         step = 0
         if cfg.resume and (last := ckpt.latest(cfg.output_dir)) is not None:
             state = ckpt.load(last)
-            _unwrap(net).load_state_dict(state["model"])
+            set_model_state_dict(_unwrap(net), state["model"], options=_FULL)
             if ema is not None and state["ema"] is not None:
                 ema.module.load_state_dict(state["ema"])
-            opt.load_state_dict(state["trainer"]["optimizer"])
+            set_optimizer_state_dict(_unwrap(net), opt, state["trainer"]["optimizer"], options=_FULL)
             step = state["trainer"]["step"]
             ckpt.set_rng_state(state["trainer"]["rng"])
             if d.main:
@@ -324,9 +333,10 @@ def train(cfg: RunConfig) -> Dict[str, Any]:
                         bar.write(f"step {step}: val " + " ".join(f"{k} {v:.4f}" for k, v in res.items()))
                 if step % ckpt_every == 0 or step == stop:
                     sd = _full_state(net)
+                    osd = get_optimizer_state_dict(_unwrap(net), opt, options=_FULL)
                     if d.main:
                         ckpt.save(cfg.output_dir, step, _StateView(sd),
-                                  {"optimizer": opt.state_dict(), "epoch": epoch},
+                                  {"optimizer": osd, "epoch": epoch},
                                   ema=ema.module if ema is not None else None)
                 if step >= stop:
                     break

@@ -45,13 +45,16 @@ def test_resume_continues_exactly(tmp_path):
 
 
 def test_two_processes_follow_the_same_curve(tmp_path):
-    """1 process vs 2 (gloo) with the same global batch: DDP, and FSDP2 ``fully_shard`` per block."""
+    """1 process vs 2 (gloo) with the same global batch: DDP, and FSDP2 ``fully_shard`` per block;
+    an FSDP2 run stopped after 2 steps and resumed continues its curve exactly."""
     args = [a for a in BASE if not a.startswith("model.kwargs")]
     args += ["model.kwargs={embed_dim: 16, depth: 2, mixer_kwargs: {num_heads: 2}}", "train.epochs=1"]
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    runs = {"one": [sys.executable], "ddp": torchrun, "fsdp": torchrun}
-    for name, launcher in runs.items():
-        extra = ["dist.fsdp=true"] if name == "fsdp" else []
+    fsdp = ["dist.fsdp=true"]
+    runs = [("one", [sys.executable], []), ("ddp", torchrun, []), ("fsdp", torchrun, fsdp),
+            ("cut", torchrun, [*fsdp, "train.max_steps=2", "train.checkpoint_every=1"]),
+            ("cut", torchrun, [*fsdp, "resume=true"])]
+    for name, launcher, extra in runs:
         r = subprocess.run([*launcher, "-m", "mmeff.cli", "train", "/dev/null", *args, *extra,
                             f"output_dir={tmp_path / name}"], capture_output=True, text=True, timeout=300)
         assert r.returncode == 0, r.stderr[-2000:]
@@ -59,6 +62,9 @@ def test_two_processes_follow_the_same_curve(tmp_path):
     assert len(l1) == 4
     for name in ("ddp", "fsdp"):
         torch.testing.assert_close(torch.tensor(_losses(tmp_path / name)), l1, rtol=1e-4, atol=1e-5)
+    assert _losses(tmp_path / "cut") == _losses(tmp_path / "fsdp")
+    a, b = _weights(tmp_path / "fsdp"), _weights(tmp_path / "cut")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_disk_full_keeps_the_old_checkpoint(tmp_path, monkeypatch):
