@@ -200,6 +200,20 @@ def strip_prefixes(state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tenso
     return out
 
 
+def prune_layers(model: nn.Module, attr: str, indices: Union[int, List[int]], prune_norm: bool,
+                 prune_head: bool) -> List[int]:
+    """timm's ``prune_intermediate_layers``: keep ``model.<attr>`` (blocks or stages) up to the last
+    index taken, optionally drop the final norm and the head; returns the indices taken."""
+    layers = getattr(model, attr)
+    take, max_index = feature_take_indices(len(layers), indices)
+    setattr(model, attr, layers[:max_index + 1])
+    if prune_norm:
+        model.norm = nn.Identity()
+    if prune_head:
+        model.reset_classifier(0, "")
+    return take
+
+
 def vision_cfg(first_conv: str, **kw) -> Dict[str, Any]:
     """Default pretrained cfg of an mmeff vision model (ImageNet normalisation, no weights)."""
     return {**dict(num_classes=1000, input_size=(3, 224, 224), pool_size=None, crop_pct=0.9,
@@ -413,13 +427,7 @@ class IsotropicEncoder(nn.Module):
 
     def prune_intermediate_layers(self, indices: Union[int, List[int]] = 1, prune_norm: bool = False,
                                   prune_head: bool = True) -> List[int]:
-        take, max_index = feature_take_indices(len(self.blocks), indices)
-        self.blocks = self.blocks[:max_index + 1]
-        if prune_norm:
-            self.norm = nn.Identity()
-        if prune_head:
-            self.reset_classifier(0, "")
-        return take
+        return prune_layers(self, "blocks", indices, prune_norm, prune_head)
 
     @staticmethod
     def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: "IsotropicEncoder"
@@ -574,13 +582,7 @@ class HierarchicalEncoder(nn.Module):
 
     def prune_intermediate_layers(self, indices: Union[int, List[int]] = 1, prune_norm: bool = False,
                                   prune_head: bool = True) -> List[int]:
-        take, max_index = feature_take_indices(len(self.stages), indices)
-        self.stages = self.stages[:max_index + 1]
-        if prune_norm:
-            self.norm = nn.Identity()
-        if prune_head:
-            self.reset_classifier(0, "")
-        return take
+        return prune_layers(self, "stages", indices, prune_norm, prune_head)
 
     @staticmethod
     def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: nn.Module

@@ -45,7 +45,7 @@ from mmeff.layers import RmsNorm
 from mmeff.layers.audio import AudioFrontend, as_waveform
 
 from ._audio import audio_cfg, set_waveform_input
-from ._vision import strip_prefixes
+from ._vision import prune_layers, strip_prefixes
 
 State = Dict[str, torch.Tensor]
 
@@ -243,13 +243,8 @@ class StreamingAudioEncoder(nn.Module):
 
     def prune_intermediate_layers(self, indices: Union[int, List[int]] = 1, prune_norm: bool = False,
                                   prune_head: bool = True) -> List[int]:
-        take, max_index = feature_take_indices(len(self.blocks), indices)
-        self.blocks = self.blocks[:max_index + 1]
-        self._layer_keys = self._layer_keys[:max_index + 1]
-        if prune_norm:
-            self.norm = nn.Identity()
-        if prune_head:
-            self.reset_classifier(0, "")
+        take = prune_layers(self, "blocks", indices, prune_norm, prune_head)
+        self._layer_keys = self._layer_keys[:len(self.blocks)]
         return take
 
     # ------------------------------------------------------------------------------ streaming

@@ -74,6 +74,12 @@ def test_timm_interface(name):
     model.set_grad_checkpointing(True)
     model.train()
     model(x).sum().backward()
+    # prune to the first layer: the kept intermediate is unchanged, the norm is gone
+    model.eval()
+    first = model.forward_intermediates(x, indices=[0], intermediates_only=True)[0]
+    assert model.prune_intermediate_layers([0], prune_norm=True) == [0]
+    assert isinstance(model.norm, torch.nn.Identity)
+    torch.testing.assert_close(model.forward_intermediates(x, indices=[0], intermediates_only=True)[0], first)
 
 
 @pytest.mark.parametrize("name", TEST_MODELS)
