@@ -2,7 +2,9 @@
 
 The pattern's rule becomes the ``mask_mod`` (dynamic block selections are looked up in a
 ``[Bi, Hi, nQB, nKB]`` membership table); ``create_block_mask`` turns it into a ``BlockMask`` so the
-kernel skips empty 128x128 tiles.  Registered as the ``triton`` backend of the sparse ops.
+kernel skips empty 128x128 tiles; a static pattern's mask is kept (the ``MAX_MASKS`` most recent)
+and reused by later calls with the same numbers and lengths, since building it costs milliseconds.
+Registered as the ``triton`` backend of the sparse ops.
 
 Compilation: the rule's numbers are passed as tensors, so a new window size or grid does not
 recompile; a new structure (rule, causal flags, grid rank) or shape (lengths, heads, dtype)
@@ -26,7 +28,9 @@ MIN_QUERIES = 128
 TILE = 128
 RECOMPILE_LIMIT = 64
 MAX_VARIANTS = 48
+MAX_MASKS = 32  # static block masks kept (a training run uses a few shapes again and again)
 _COMPILED: Dict[str, Callable] = {}
+_MASKS: Dict[tuple, Any] = {}
 _VARIANTS: set = set()
 
 
@@ -100,8 +104,15 @@ def flex_attention_path(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, patte
 
     limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
     with torch._dynamo.config.patch(recompile_limit=limit):
-        if table is None:
-            mask = create_block_mask(mask_mod, None, None, T, S, device=q.device, _compile=True)
+        if table is None:  # a static pattern's mask depends on its numbers only: built once
+            key = (p.rule, tuple(sorted(p.params.items())), p.q_start, p.k_start, p.block_q,
+                   p.block_k, T, S, str(q.device))
+            mask = _MASKS.pop(key, None)
+            if mask is None:
+                mask = create_block_mask(mask_mod, None, None, T, S, device=q.device, _compile=True)
+            _MASKS[key] = mask  # most recently used last
+            if len(_MASKS) > MAX_MASKS:
+                _MASKS.pop(next(iter(_MASKS)))
         else:  # B/H-dependent selections: build the tiles from the table, not from T*S evaluations
             num, idx = _tiles_from_table(table, p, T, S, H, TILE)
             mask = BlockMask.from_kv_blocks(num, idx, BLOCK_SIZE=TILE, mask_mod=mask_mod, seq_lengths=(T, S))
