@@ -4,8 +4,8 @@ With one scalar decay per head, the scan inside a chunk of ``Q`` tokens is a mas
 product ``y = ((C B^T) * Lmask) (dt x)``, where ``Lmask[t, s] = exp(a_{s+1} + ... + a_t)`` for
 ``s <= t`` (``a = dt A``) and 0 above the diagonal.  The sums are built within the chunk and masked
 to ``-inf`` *before* the ``exp`` (:func:`segsum`), so nothing overflows at any length or decay.
-Chunks then pass their ``[P, N]`` states along in a cheap loop, and each position reads the state
-entering its chunk through ``C``.  Gradients come from autograd.
+Chunks then pass their ``[P, N]`` states along (a loop over chunks on CPU, one matmul on a GPU),
+and each position reads the state entering its chunk through ``C``.  Gradients come from autograd.
 """
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from .naive import naive_core
 from ._common import Result, check_inputs, run_ssd
 
 CPU_CHUNK_SIZE = 64  # the fastest chunk on CPU; chunk_size only changes speed, not results
+MATMUL_MAX_CHUNKS = 2048  # GPU state passing as one [K+1, K+1] matmul up to this many chunks
 RECURRENT_MAX_LEN = 8  # up to this many tokens (streaming steps) the token loop has fewer ops
 
 
@@ -57,19 +58,41 @@ def chunk_core(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tens
     # 2. each chunk's own end state: inputs decayed to the chunk end (the last row of L)
     xdt_end = rearrange(xdt * L[..., -1, :, None], "b k g e q p -> b k g q (e p)")
     local = rearrange(xdt_end.transpose(-1, -2) @ B, "b k g (e p) n -> b k g e p n", e=e)
-    # 3. states entering the chunks, chunk after chunk
-    decay = torch.exp(a_cum[..., -1])[..., None, None]  # [B, K, G, E, 1, 1]
+    # 3. states entering the chunks
     state = (x.new_zeros(b, g, e, p, n) if h0 is None
              else rearrange(h0, "b (g e) p n -> b g e p n", g=g))
-    entering = [state]
-    for i in range(k):
-        entering.append(local[:, i] + decay[:, i] * entering[-1])
+    matmul = x.is_cuda and k <= MATMUL_MAX_CHUNKS
+    entering = pass_states(state, local, a_cum[..., -1], matmul)  # [B, K+1, G, E, P, N]
     # 4. each position reads the state entering its chunk, decayed to it
-    S = rearrange(torch.stack(entering[:-1], dim=1), "b k g e p n -> b k g n (e p)")
+    S = rearrange(entering[:, :-1], "b k g e p n -> b k g n (e p)")
     y_in = rearrange(C @ S, "b k g q (e p) -> b k g e q p", e=e)
     y = y + y_in * torch.exp(a_cum)[..., None]
     y = rearrange(y, "b k g e q p -> b (k q) (g e) p")[:, :l]
-    return y, rearrange(entering[-1], "b g e p n -> b (g e) p n")
+    return y, rearrange(entering[:, -1], "b g e p n -> b (g e) p n")
+
+
+def pass_states(h0: torch.Tensor, local: torch.Tensor, a_end: torch.Tensor, matmul: bool) -> torch.Tensor:
+    """States entering each chunk and the final one, ``[B, K+1, G, E, P, N]``, from the start
+    state ``h0[B, G, E, P, N]``, each chunk's own end state ``local[B, K, G, E, P, N]`` and its
+    total log-decay ``a_end[B, K, G, E]``: ``H_{i+1} = exp(a_end_i) H_i + local_i``.
+
+    ``matmul``: one matmul with the chunk-level decay matrix ``exp(segsum(a_end))`` (the Mamba-2
+    paper's state passing; quadratic in the number of chunks, used on a GPU up to
+    ``MATMUL_MAX_CHUNKS``, where a loop costs a few launches per chunk and dominates long
+    sequences); else a loop over chunks (cheap on CPU).
+    """
+    k = local.shape[1]
+    if matmul:
+        states = torch.cat([h0[:, None], local], dim=1)  # [B, K+1, G, E, P, N]
+        a = F.pad(rearrange(a_end, "b k g e -> b g e k"), (1, 0))  # [B, G, E, K+1]
+        decay = torch.exp(segsum(a))  # [B, G, E, K+1, K+1]: decay from chunk m's end to i's
+        flat = rearrange(states, "b k g e p n -> b g e k (p n)")
+        return rearrange(decay @ flat, "b g e k (p n) -> b k g e p n", p=h0.shape[-2])
+    decay = torch.exp(a_end)[..., None, None]  # [B, K, G, E, 1, 1]
+    entering = [h0]
+    for i in range(k):
+        entering.append(local[:, i] + decay[:, i] * entering[-1])
+    return torch.stack(entering, dim=1)
 
 
 @register_impl("mamba_chunk_scan_combined", "chunk")
