@@ -60,6 +60,18 @@ def test_forms_match_naive(family, T, decay, monkeypatch):
         assert_grads_close(f"{family}/{name}", grads(out, x), ref_grads, 5e-3, NAMES)
 
 
+@pytest.mark.parametrize("decay", ["weak", "strong"])
+def test_gpu_state_passing_matches_naive(decay, monkeypatch):
+    """The GPU's per-head state passing (one exp(segsum) matmul over chunks), run here on CPU."""
+    monkeypatch.setattr(gla_chunk, "use_matmul", lambda x, chunks: True)
+    x = _inputs("simple_gla", T=500, decay=decay)
+    ref = _impl("simple_gla", "naive")(*x[:4], initial_state=x[4], output_final_state=True)
+    out = _impl("simple_gla", "chunk")(*x[:4], initial_state=x[4], output_final_state=True)
+    assert_close("o", out[0], ref[0], 5e-3)
+    assert_close("final_state", out[1], ref[1], 5e-3)
+    assert_grads_close("grads", grads(out, x), grads(ref, x), 5e-3, NAMES)
+
+
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_bf16_inputs(family):
     x = [t.detach() for t in _inputs(family, T=75, K=64, V=64, dtype=torch.bfloat16)]

@@ -10,7 +10,8 @@ from mmeff.ops.selective_scan import selective_scan_ref
 from mmeff.ops.selective_scan.chunk import chunked_selective_scan
 from mmeff.ops.ssd import ssd_naive
 from mmeff.ops.ssd._common import run_ssd
-from mmeff.ops.ssd.chunk import chunk_core, chunked_ssd, pass_states
+from mmeff.ops._chunks import pass_states
+from mmeff.ops.ssd.chunk import chunk_core, chunked_ssd
 from mmeff.testing import AWKWARD_D, AWKWARD_T, assert_close, assert_grads_close, grads
 
 TOL = 5e-3
@@ -219,8 +220,8 @@ def test_ssd_long_strong_decay_is_finite():
 @pytest.mark.parametrize("strong", [False, True])
 def test_ssd_state_passing_matmul_equals_loop(strong):
     """The GPU's one-matmul state passing (exp(segsum) over chunks) == the CPU's loop, with grads."""
-    h0, local = _leaf(2, 2, 3, 5, 4), _leaf(2, 9, 2, 3, 5, 4)
-    a_end = (-torch.rand(2, 9, 2, 3) * (200.0 if strong else 2.0)).requires_grad_()
+    h0, local = _leaf(2, 3, 5, 4), _leaf(2, 3, 9, 5, 4)  # [B, H, (N,) P, N]
+    a_end = (-torch.rand(2, 3, 9) * (200.0 if strong else 2.0)).requires_grad_()
     loop = pass_states(h0, local, a_end, matmul=False)
     mm = pass_states(h0, local, a_end, matmul=True)
     assert torch.isfinite(mm).all()

@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
+from .._chunks import pass_states, use_matmul
 from .._dispatch import dispatch, register_impl
 from ._common import check_inputs, run_gla
 
@@ -123,8 +124,20 @@ def _segment(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor,
         q_dec, k_dec = _decayed(q, k, G, r_q - math.log(scale), r_k)
     state_in = r_q.exp().transpose(-1, -2)  # [B, H, N, 1 or K, 1]: q_dec S_in = scale q exp(G) S
     state_out = (G_end - r_k).exp().transpose(-1, -2)  # keys' decay from r_k to the chunk end
-    chunk_decay = G_end.exp().transpose(-1, -2)
     dS = k_dec.transpose(-1, -2) @ v  # [B, H, N, K, V]: each chunk's own contribution
+    if G.shape[-1] == 1 and use_matmul(q, G.shape[2]):  # per-head decay on a GPU: one matmul
+        states = pass_states(S, state_out * dS, G_end[..., 0, 0], matmul=True)  # [B, H, N+1, K, V]
+        starts, S = state_in * states[:, :, :-1], states[:, :, -1]
+    else:
+        starts, S = _pass_loop(S, dS, G_end.exp().transpose(-1, -2), state_in, state_out)
+    o = torch.baddbmm((A @ v).flatten(0, 2), q_dec.flatten(0, 2), starts.flatten(0, 2))  # A V + Q S
+    return rearrange(o, "(b h n) c v -> b (n c) h v", b=B, h=H)[:, :T], S
+
+
+def _pass_loop(S: torch.Tensor, dS: torch.Tensor, chunk_decay: torch.Tensor, state_in: torch.Tensor,
+               state_out: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """States entering each chunk (times ``state_in``) and the last one, chunk after chunk:
+    ``S' = chunk_decay * S + state_out * dS`` (per-channel decays ``[B, H, N, K or 1, 1]``)."""
     starts = []
     # unbind, not dS[:, :, n]: autograd then stacks the per-chunk gradients once instead of
     # scattering each into a zero tensor of the full size
@@ -132,9 +145,7 @@ def _segment(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor,
     for dS_n, decay_n, in_n, out_n in zip(*per_chunk):
         starts.append(in_n * S)
         S = torch.addcmul(decay_n * S, out_n, dS_n)
-    starts = torch.stack(starts, dim=2)  # [B, H, N, K, V]
-    o = torch.baddbmm((A @ v).flatten(0, 2), q_dec.flatten(0, 2), starts.flatten(0, 2))  # A V + Q S
-    return rearrange(o, "(b h n) c v -> b (n c) h v", b=B, h=H)[:, :T], S
+    return torch.stack(starts, dim=2), S  # [B, H, N, K, V], [B, H, K, V]
 
 
 def check_chunk_size(chunk_size: int) -> None:

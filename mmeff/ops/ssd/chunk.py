@@ -15,25 +15,13 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
+from .._chunks import pass_states, segsum, use_matmul
 from .._dispatch import dispatch, register_impl
 from .naive import naive_core
 from ._common import Result, check_inputs, run_ssd
 
 CPU_CHUNK_SIZE = 64  # the fastest chunk on CPU; chunk_size only changes speed, not results
-MATMUL_MAX_CHUNKS = 2048  # GPU state passing as one [K+1, K+1] matmul up to this many chunks
 RECURRENT_MAX_LEN = 8  # up to this many tokens (streaming steps) the token loop has fewer ops
-
-
-def segsum(a: torch.Tensor) -> torch.Tensor:
-    """``[..., Q] -> [..., Q, Q]``: ``out[t, s] = a_{s+1} + ... + a_t`` for ``s <= t``, else -inf.
-
-    Built as a cumulative sum of the masked repeats (not as a difference of two cumulative sums),
-    so each entry is exact to the precision of its own terms.
-    """
-    q = a.shape[-1]
-    ones = torch.ones(q, q, dtype=torch.bool, device=a.device)
-    rows = a[..., :, None].expand(*a.shape, q).masked_fill(~ones.tril(-1), 0.0)  # [t, s] = a_t, s < t
-    return rows.cumsum(-2).masked_fill(~ones.tril(), float("-inf"))
 
 
 def chunk_core(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
@@ -61,38 +49,15 @@ def chunk_core(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tens
     # 3. states entering the chunks
     state = (x.new_zeros(b, g, e, p, n) if h0 is None
              else rearrange(h0, "b (g e) p n -> b g e p n", g=g))
-    matmul = x.is_cuda and k <= MATMUL_MAX_CHUNKS
-    entering = pass_states(state, local, a_cum[..., -1], matmul)  # [B, K+1, G, E, P, N]
+    entering = pass_states(state, rearrange(local, "b k g e p n -> b g e k p n"),
+                           rearrange(a_cum[..., -1], "b k g e -> b g e k"),
+                           use_matmul(x, k))  # [B, G, E, K+1, P, N]
     # 4. each position reads the state entering its chunk, decayed to it
-    S = rearrange(entering[:, :-1], "b k g e p n -> b k g n (e p)")
+    S = rearrange(entering[:, :, :, :-1], "b g e k p n -> b k g n (e p)")
     y_in = rearrange(C @ S, "b k g q (e p) -> b k g e q p", e=e)
     y = y + y_in * torch.exp(a_cum)[..., None]
     y = rearrange(y, "b k g e q p -> b (k q) (g e) p")[:, :l]
-    return y, rearrange(entering[:, -1], "b g e p n -> b (g e) p n")
-
-
-def pass_states(h0: torch.Tensor, local: torch.Tensor, a_end: torch.Tensor, matmul: bool) -> torch.Tensor:
-    """States entering each chunk and the final one, ``[B, K+1, G, E, P, N]``, from the start
-    state ``h0[B, G, E, P, N]``, each chunk's own end state ``local[B, K, G, E, P, N]`` and its
-    total log-decay ``a_end[B, K, G, E]``: ``H_{i+1} = exp(a_end_i) H_i + local_i``.
-
-    ``matmul``: one matmul with the chunk-level decay matrix ``exp(segsum(a_end))`` (the Mamba-2
-    paper's state passing; quadratic in the number of chunks, used on a GPU up to
-    ``MATMUL_MAX_CHUNKS``, where a loop costs a few launches per chunk and dominates long
-    sequences); else a loop over chunks (cheap on CPU).
-    """
-    k = local.shape[1]
-    if matmul:
-        states = torch.cat([h0[:, None], local], dim=1)  # [B, K+1, G, E, P, N]
-        a = F.pad(rearrange(a_end, "b k g e -> b g e k"), (1, 0))  # [B, G, E, K+1]
-        decay = torch.exp(segsum(a))  # [B, G, E, K+1, K+1]: decay from chunk m's end to i's
-        flat = rearrange(states, "b k g e p n -> b g e k (p n)")
-        return rearrange(decay @ flat, "b g e k (p n) -> b k g e p n", p=h0.shape[-2])
-    decay = torch.exp(a_end)[..., None, None]  # [B, K, G, E, 1, 1]
-    entering = [h0]
-    for i in range(k):
-        entering.append(local[:, i] + decay[:, i] * entering[-1])
-    return torch.stack(entering, dim=1)
+    return y, rearrange(entering[:, :, :, -1], "b g e p n -> b (g e) p n")
 
 
 @register_impl("mamba_chunk_scan_combined", "chunk")
