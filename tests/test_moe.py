@@ -8,6 +8,7 @@ from timm.layers import GluMlp, Mlp, SwiGLU
 from torch import nn
 
 from mmeff.blocks import Block
+from mmeff.layers import moe as moe_module
 from mmeff.layers.moe import MoE, collect_aux_loss, moe_naive, update_balance_bias
 from mmeff.testing import assert_close, assert_grads_close, grads
 
@@ -41,6 +42,18 @@ def _moe(**kw):
 @pytest.mark.parametrize("name", list(CONFIGS))
 @pytest.mark.parametrize("shape", [(2, 63, 60), (75, 60)])
 def test_matches_naive(name, shape):
+    _check_matches_naive(name, shape)
+
+
+@pytest.mark.parametrize("name", ["softmax", "shared_fine_glu", "expert_choice", "capacity_drop",
+                                  "grouped_mm_drop"])
+def test_index_add_rows_match_naive(name, monkeypatch):
+    """The CUDA row movement (index_select + index_add_ combine), run here on CPU."""
+    monkeypatch.setattr(moe_module, "_GATHER_ONLY_DEVICES", ())
+    _check_matches_naive(name, (2, 63, 60))
+
+
+def _check_matches_naive(name, shape):
     moe = _moe(**CONFIGS[name])
     with torch.no_grad():  # a non-zero selection bias (expert choice has none)
         moe.expert_bias.copy_(torch.randn(moe.num_experts) * 0.05)
@@ -52,6 +65,51 @@ def test_matches_naive(name, shape):
     assert_grads_close(name, grads([y], params), grads([ref], params), 1e-5, names)
     if "drop" not in name:
         assert int(moe.last_dropped) == 0 or name == "expert_choice"
+
+
+def test_gather_only_rows_gradcheck():
+    """Gather + gated combine through the gather-only autograd functions, in float64: tokens with
+    two rows, one, none (all dropped); an empty padding row; weights scattered from the gates."""
+    rows = 7
+    row_of = torch.tensor([[0, 4], [2, rows], [rows, rows], [5, 1], [3, rows]])  # [N=5, k=2]
+    placed = moe_module._place(row_of, rows)
+    assert placed.order is not None                     # CPU: the gather-only path
+    opts = dict(dtype=torch.float64, requires_grad=True)
+    x, gates, w = torch.randn(5, 3, **opts), torch.rand(5, 2, **opts), torch.randn(3, 4, **opts)
+
+    def layer(x, gates, w):
+        weight = gates.new_zeros(rows + 1).scatter(0, row_of.reshape(-1), gates.reshape(-1))[:rows]
+        return placed.combine(placed.gather(x) @ w, weight, None)
+
+    assert torch.autograd.gradcheck(layer, (x, gates, w))
+    y = layer(x, gates, w)
+    assert y[2].abs().sum() == 0                        # token 2 lost both assignments
+    expected = gates[0, 0] * x[0] @ w + gates[0, 1] * x[0] @ w
+    torch.testing.assert_close(y[0], expected)
+
+
+@pytest.mark.parametrize("name", ["softmax", "sigmoid", "shared_fine_glu", "expert_choice",
+                                  "capacity_drop"])
+def test_cpu_rows_move_without_scatter_add(name):
+    """On CPU the rows [R, D] move by gathers both ways (a threaded scatter-add is slow there);
+    the only scatter-add left is the router's gate gradient on [N, E]."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Record(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            calls.append((str(func), tuple(out.shape) if isinstance(out, torch.Tensor) else ()))
+            return out
+
+    calls = []
+    moe = _moe(**CONFIGS[name])
+    x = torch.randn(2, 20, 60, requires_grad=True)
+    with Record():
+        moe(x).square().sum().backward()
+    names = {f for f, _ in calls}
+    assert "aten._embedding_bag_forward_only.default" in names    # the combine ran
+    assert not {f for f in names if "index_add" in f or "index_put" in f or "index.Tensor" in f}
+    assert {shape for f, shape in calls if "scatter_add" in f} <= {(40, moe.num_experts)}
 
 
 def test_bf16_close_to_fp32_reference():

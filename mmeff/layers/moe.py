@@ -15,14 +15,18 @@ Papers:
 Dispatch sorts the (token, expert) assignments by expert and runs all experts at once: one
 ``torch.nn.functional.grouped_mm`` over the jagged groups on CUDA sm90+ in bf16, otherwise one
 ``torch.bmm`` over the groups padded to the largest one (CPU, other GPUs, fp32/fp16); no Python
-loop over tokens or experts.  The combine is one ``index_add_`` of the gated rows onto the shared
-experts' output.  ``moe_naive`` is the per-token reference.
+loop over tokens or experts.  On CUDA the rows move with ``index_select`` and the gated combine is
+one ``index_add_``.  On CPU, where a multi-threaded scatter-add (``index_add_``, and the backward
+of ``index_select``) is many times slower than a gather, every row movement is a gather both ways:
+the combine is one ``embedding_bag`` (sum of each token's rows weighted by their gates) and the
+backward of the dispatch sums each token's row gradients with one ``embedding_bag`` too
+(:class:`_GatherRows`, :class:`_CombineRows`).  ``moe_naive`` is the per-token reference.
 """
 from __future__ import annotations
 
 import logging
 import math
-from typing import Callable, Dict, Mapping, Optional, Tuple, Type, Union
+from typing import Callable, Dict, Mapping, NamedTuple, Optional, Tuple, Type, Union
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +41,8 @@ logger = logging.getLogger("mmeff")
 ROUTERS = ("softmax", "sigmoid", "expert_choice")
 IMPLS = ("auto", "grouped_mm", "bmm")
 _ANNOUNCED: set = set()
+# devices where rows move by gathers only (see _Placement): a multi-threaded CPU scatter-add is slow
+_GATHER_ONLY_DEVICES = ("cpu",)
 
 
 def _pair(v: Union[bool, Tuple[bool, bool]]) -> Tuple[bool, bool]:
@@ -90,6 +96,8 @@ class MoE(nn.Module):
         z_loss_coef: weight of the router z-loss ``mean(logsumexp(logits)^2)`` (ST-MoE uses 1e-3).
         causal: the layer sits in a causal model (rules out expert choice).
         impl: ``'auto'``, ``'grouped_mm'`` or ``'bmm'`` (expert-choice groups are equal: always bmm).
+            ``'auto'`` takes grouped_mm on CUDA sm90+ in bf16 and bmm otherwise (CPU included: one
+            batched matmul beats per-expert matmuls there, each of which syncs the thread pool).
     """
 
     def __init__(self, in_features: int, hidden_features: Optional[int] = None,
@@ -206,7 +214,9 @@ class MoE(nn.Module):
         loss = logits.new_zeros(())
         if self.aux_loss_coef > 0 and self.router_type != "expert_choice":
             f = load.float() / load.sum()                          # fraction of assignments
-            p = (scores / scores.sum(-1, keepdim=True)).mean(0)    # mean routing probability
+            if self.router_type == "sigmoid":                      # as probabilities per token
+                scores = scores / scores.sum(-1, keepdim=True)
+            p = scores.mean(0)                                     # mean routing probability
             loss = loss + self.aux_loss_coef * self.num_experts * (f * p).sum()
         if self.z_loss_coef > 0:
             loss = loss + self.z_loss_coef * logits.logsumexp(-1).square().mean()
@@ -263,56 +273,52 @@ class MoE(nn.Module):
                 and aligned and torch.cuda.get_device_capability(x.device) >= (9, 0))
 
     # ---------------------------------------------------------------- dispatch
-    def _token_choice(self, x: torch.Tensor, idx: torch.Tensor, gates: torch.Tensor,
-                      grouped: bool) -> Tuple[torch.Tensor, ...]:
-        """Sort-by-expert dispatch of ``x[N, D]`` to ``idx[N, k]`` with ``gates[N, k]``; ``grouped``
-        picks grouped_mm over padded bmm.
+    def _token_choice(self, idx: torch.Tensor, grouped: bool) -> Tuple[torch.Tensor, ...]:
+        """Rows of the sorted-by-expert layout for the choices ``idx[N, k]``; ``grouped`` picks
+        grouped_mm's jagged groups over the bmm batch padded to the largest group.
 
-        Returns ``(yr[R, D_out], src[R], weight[R], load[E], dropped)``: expert outputs by row, the
-        token and gate of each row (gate 0 on padding), assignments per expert, dropped count.
+        Returns ``(row_of[N, k], rows, kept[E], load[E], dropped)``: the row of each assignment
+        (``rows`` when dropped), the row count, rows kept per expert, assignments routed to each
+        expert (before dropping) and the dropped count.
         """
-        (n, k), num_e, dev = idx.shape, self.num_experts, x.device
+        (n, k), num_e, dev = idx.shape, self.num_experts, idx.device
         expert = idx.t().reshape(-1)                             # [k*N] first choices first
-        token = torch.arange(n, device=dev).repeat(k)            # [k*N]
         load = torch.bincount(expert, minlength=num_e)           # [E]
-        order = torch.argsort(expert, stable=True)
-        rank = torch.empty_like(order)                           # place in its expert's queue
-        rank[order] = torch.arange(n * k, device=dev) - (load.cumsum(0) - load)[expert[order]]
+        # index_select / scatter_ rather than tensor[index]: advanced indexing opens a thread
+        # pool region even for a few thousand elements, which stalls a loaded multi-core CPU
+        sorted_expert, order = torch.sort(expert, stable=True)
+        first = (load.cumsum(0) - load).index_select(0, sorted_expert)
+        rank = torch.empty_like(order).scatter_(                 # place in its expert's queue
+            0, order, torch.arange(n * k, device=dev) - first)
         cap = self.capacity(n)
         kept = load if cap is None else load.clamp(max=cap)
         if grouped:  # jagged groups, no padding; a static row count avoids a host sync
             rows = n * k
-            row = (kept.cumsum(0) - kept)[expert] + rank
+            row = (kept.cumsum(0) - kept).index_select(0, expert) + rank
         else:        # one padded batch [E, C, D] with C = the largest kept group
             c = int(kept.max())
             rows = num_e * c
             row = expert * c + rank
         if cap is not None:
-            row = torch.where(rank < cap, row, rows)            # dropped -> a discarded slot
-        src = torch.zeros(rows + 1, dtype=torch.long, device=dev).scatter_(0, row, token)[:rows]
-        weight = gates.new_zeros(rows + 1).scatter(0, row, gates.t().reshape(-1))[:rows]
-        xr = x.index_select(0, src)                              # [R, D] grouped by expert
-        if grouped:
-            yr = self._experts_grouped(xr, kept)
-        else:
-            yr = self._experts_bmm(rearrange(xr, "(e c) d -> e c d", e=num_e))
-            yr = rearrange(yr, "e c d -> (e c) d")
-        return yr, src, weight, load, load.sum() - kept.sum()
+            row = torch.where(rank < cap, row, rows)            # dropped -> no row
+        return row.view(k, n).t(), rows, kept, load, load.sum() - kept.sum()
 
-    def _expert_choice(self, x: torch.Tensor, scores: torch.Tensor) -> Tuple[torch.Tensor, ...]:
-        """Each expert takes its top-c tokens of each sequence of ``x[G, L, D]`` by
-        ``scores[G, L, E]``.  Returns like :meth:`_token_choice` (dropped: tokens no expert took)."""
-        g, length, _ = x.shape
-        c = self.capacity(length)
-        gate, pick = scores.topk(c, dim=1)                        # [G, c, E]
-        pick = pick + torch.arange(g, device=x.device)[:, None, None] * length
-        src = rearrange(pick, "g c e -> (e g c)")                # [E*G*c] token of each row
-        xr = rearrange(x, "g l d -> (g l) d").index_select(0, src)
-        yr = self._experts_bmm(rearrange(xr, "(e r) d -> e r d", e=self.num_experts))
-        unpicked = (torch.bincount(src, minlength=g * length) == 0).sum()
-        load = torch.full((self.num_experts,), g * c, dtype=torch.long, device=x.device)
-        weight = rearrange(gate, "g c e -> (e g c)")
-        return rearrange(yr, "e r d -> (e r) d"), src, weight, load, unpicked
+    def _expert_choice(self, scores: torch.Tensor, length: int) -> Tuple[torch.Tensor, ...]:
+        """Each expert takes its top-c tokens of each sequence of ``length`` tokens by
+        ``scores[G*L, E]``.  Returns ``(row_of[G*L, E], rows, load[E], dropped)``: the row of each
+        (token, expert) pair (``rows`` when the expert did not pick the token), the row count
+        ``E*G*c`` (rows by expert, then sequence, then pick), assignments per expert and the
+        tokens no expert took."""
+        num_e, dev = self.num_experts, scores.device
+        g, c = scores.shape[0] // length, self.capacity(length)
+        pick = scores.view(g, length, num_e).topk(c, dim=1).indices      # [G, c, E]
+        token = pick + torch.arange(g, device=dev)[:, None, None] * length
+        rows = num_e * g * c
+        row = rearrange(torch.arange(rows, device=dev), "(e g c) -> g c e", e=num_e, g=g)
+        row_of = torch.full_like(scores, rows, dtype=torch.long)       # [G*L, E]
+        row_of.scatter_(0, rearrange(token, "g c e -> (g c) e"), rearrange(row, "g c e -> (g c) e"))
+        load = torch.full((num_e,), g * c, dtype=torch.long, device=dev)
+        return row_of, rows, load, (row_of == rows).all(1).sum()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [..., D] -> [..., D_out]
         if x.shape[-1] != self.in_features:
@@ -322,18 +328,24 @@ class MoE(nn.Module):
         scores = self.scores(logits)
         grouped = False
         if self.router_type == "expert_choice":
-            xg = x.reshape(-1, *x.shape[-2:]) if x.dim() > 2 else x[None]  # [G, L, D]
-            yr, src, weight, load, dropped = self._expert_choice(
-                xg, scores.reshape(*xg.shape[:2], -1))
+            row_of, rows, load, dropped = self._expert_choice(
+                scores, x.shape[-2] if x.dim() > 2 else x.shape[0])
+            gates = scores                                       # [N, E], rows only where picked
         else:
             idx, gates = self.select(scores)
             grouped = self._use_grouped(x)
-            yr, src, weight, load, dropped = self._token_choice(xf, idx, gates, grouped)
+            row_of, rows, kept, load, dropped = self._token_choice(idx, grouped)
         _announce(x.device, grouped)
-        # combine: the gated expert outputs are added onto the shared experts' output (or zeros)
-        y = self.shared(xf).to(yr.dtype) if self.shared is not None else yr.new_zeros(
-            xf.shape[0], self.out_features)
-        y = y.index_add_(0, src, yr * weight[:, None].to(yr.dtype))
+        placed = _place(row_of, rows)
+        weight = gates.new_zeros(rows + 1).scatter(0, row_of.reshape(-1), gates.reshape(-1))[:rows]
+        xr = placed.gather(xf)                                   # [R, D] grouped by expert
+        if grouped:
+            yr = self._experts_grouped(xr, kept)
+        else:
+            yr = self._experts_bmm(rearrange(xr, "(e c) d -> e c d", e=self.num_experts))
+            yr = rearrange(yr, "e c d -> (e c) d")
+        shared = self.shared(xf) if self.shared is not None else None
+        y = placed.combine(yr, weight, shared)                   # [N, D_out]
         self.aux_loss = self._aux_loss(logits, scores, load)
         self.last_load, self.last_dropped = load.detach(), dropped.detach()
         self._last_units = xf.shape[0] * (1 if self.router_type == "expert_choice" else self.top_k)
@@ -436,14 +448,97 @@ def _compute_dtype(x: torch.Tensor) -> torch.dtype:
     return x.dtype
 
 
+def _place(row_of: torch.Tensor, rows: int) -> "_Placement":
+    """The :class:`_Placement` of ``row_of[N, m]``: the row of each of a token's m assignments
+    (``rows`` where there is none) among ``rows`` rows."""
+    n, m = row_of.shape
+    token = torch.arange(n, device=row_of.device).repeat_interleave(m)    # [N*m]
+    index = row_of.new_full((rows + 1,), max(n - 1, 0)).scatter_(0, row_of.reshape(-1), token)
+    if row_of.device.type not in _GATHER_ONLY_DEVICES:
+        return _Placement(n, index[:rows], None, None)
+    taken = row_of < rows                                                   # [N, m]
+    return _Placement(n, index[:rows], row_of.masked_select(taken),
+                      F.pad(taken.sum(1).cumsum(0), (1, 0)))
+
+
+class _Placement(NamedTuple):
+    """Where the assignments of ``num_tokens`` tokens sit in the rows ``[R, D]`` grouped by expert.
+
+    On CUDA the rows are gathered with ``index_select`` and combined with ``index_add_``; on CPU
+    with gathers only (``order``/``offsets`` list each token's rows as ``embedding_bag`` bags).
+    """
+    num_tokens: int
+    index: torch.Tensor              # [R] token of each row (empty rows: the last token, gate 0)
+    order: Optional[torch.Tensor]    # [A] the occupied rows, token by token (CPU only)
+    offsets: Optional[torch.Tensor]  # [N + 1] where each token's rows start in ``order`` (CPU only)
+
+    def gather(self, x: torch.Tensor) -> torch.Tensor:  # [N, D] -> [R, D]
+        """Each row's token (empty rows get a real token: finite values that are gated by 0)."""
+        if self.order is None:
+            return x.index_select(0, self.index)
+        return _GatherRows.apply(x, self.index, self.order, self.offsets)
+
+    def combine(self, yr: torch.Tensor, weight: torch.Tensor,
+                base: Optional[torch.Tensor]) -> torch.Tensor:  # [R, D], [R], [N, D] -> [N, D]
+        """``base[n]`` plus ``weight[r] * yr[r]`` summed over token n's rows (``base`` None: 0)."""
+        weight = weight.to(yr.dtype)
+        if self.order is None:
+            y = base.to(yr.dtype) if base is not None else yr.new_zeros(self.num_tokens,
+                                                                         yr.shape[1])
+            return y.index_add_(0, self.index, yr * weight[:, None])
+        y = _CombineRows.apply(yr, weight, self.index, self.order, self.offsets)
+        return y if base is None else y + base.to(y.dtype)
+
+
+class _GatherRows(torch.autograd.Function):
+    """``x[index]``; the backward sums each token's row gradients with one ``embedding_bag`` (a
+    gather) where autograd would scatter-add (slow on multi-threaded CPU)."""
+
+    @staticmethod
+    def forward(ctx, x, index, order, offsets):  # [N, D], [R], [A], [N + 1] -> [R, D]
+        ctx.save_for_backward(order, offsets)
+        return x.index_select(0, index)
+
+    @staticmethod
+    def backward(ctx, grad):  # [R, D] -> [N, D]
+        order, offsets = ctx.saved_tensors
+        return _bag_sum(grad, order, offsets), None, None, None
+
+
+class _CombineRows(torch.autograd.Function):
+    """``y[n] = sum_r weight[r] * yr[r]`` over token n's rows: one ``embedding_bag`` forward, and
+    gathers of ``grad_y`` by row backward."""
+
+    @staticmethod
+    def forward(ctx, yr, weight, index, order, offsets):  # [R, D], [R], [R], [A], [N+1] -> [N, D]
+        ctx.save_for_backward(yr if ctx.needs_input_grad[1] else None, weight, index)
+        return _bag_sum(yr, order, offsets, weight.index_select(0, order))
+
+    @staticmethod
+    def backward(ctx, grad_y):  # [N, D] -> [R, D], [R]
+        yr, weight, index = ctx.saved_tensors
+        grad_rows = grad_y.index_select(0, index)                 # [R, D]
+        grad_weight = torch.einsum("rd,rd->r", grad_rows, yr) if ctx.needs_input_grad[1] else None
+        return grad_rows.mul_(weight[:, None]), grad_weight, None, None, None
+
+
+def _bag_sum(rows: torch.Tensor, order: torch.Tensor, offsets: torch.Tensor,
+             weight: Optional[torch.Tensor] = None) -> torch.Tensor:  # [R, D] -> [N, D]
+    """Sum of the (weighted) ``rows[order]`` in the bags that ``offsets[N + 1]`` delimit."""
+    return F.embedding_bag(order, rows, offsets, mode="sum", per_sample_weights=weight,
+                           include_last_offset=True)
+
+
 def _announce(device: torch.device, grouped: bool) -> None:
     """Say once per device type and path how the experts ran."""
     key = (device.type, grouped)
     if key not in _ANNOUNCED:
         _ANNOUNCED.add(key)
-        logger.warning("mmeff MoE on %s: experts run as one %s", device.type,
+        logger.warning("mmeff MoE on %s: experts run as one %s; rows move by %s", device.type,
                        "grouped matmul (torch grouped_mm)" if grouped
-                       else "padded batched matmul (torch.bmm)")
+                       else "padded batched matmul (torch.bmm)",
+                       "gathers only (embedding_bag combine)" if device.type in _GATHER_ONLY_DEVICES
+                       else "index_select and an index_add_ combine")
 
 
 def moe_naive(moe: MoE, x: torch.Tensor) -> torch.Tensor:
