@@ -117,6 +117,14 @@ def test_flex_path_matches_reference():
     q, k, v = _qkv(300, D=64, device=dev)
     _fast_vs_naive("flex sw", lambda q, k, v: sa.sliding_window_attention(q, k, v, 37), q, k, v,
                    ratio=2e-3, backend="triton")
+    from mmeff.ops.sparse_attention import flex
+    cached = len(flex._MASKS)
+    with force_backend("triton"):  # the same pattern again: its block mask is reused, not rebuilt
+        again = sa.sliding_window_attention(q, k, v, 37)
+        assert len(flex._MASKS) == cached
+        assert torch.equal(again, sa.sliding_window_attention(q, k, v, 37))
+        sa.sliding_window_attention(q, k, v, 38)  # other numbers: another mask
+        assert len(flex._MASKS) == cached + 1
     _fast_vs_naive("flex moba", lambda q, k, v: sa.moba_attention(q, k, v, 32, 3), q, k, v,
                    ratio=2e-3, backend="triton")
     q, k, v = _qkv(300, D=64, device=dev)
