@@ -212,15 +212,16 @@ class MoE(nn.Module):
     def _aux_loss(self, logits: torch.Tensor, scores: torch.Tensor,
                   load: torch.Tensor) -> torch.Tensor:  # [N, E], [N, E], [E]
         loss = logits.new_zeros(())
-        if self.aux_loss_coef > 0 and self.router_type != "expert_choice":
-            f = load.float() / load.sum()                          # fraction of assignments
-            if self.router_type == "sigmoid":                      # as probabilities per token
-                scores = scores / scores.sum(-1, keepdim=True)
-            # sum_i f_i P_i with P the mean probability = the mean over tokens of scores @ f
-            # (a matrix-vector product: cheaper on CPU threads than a reduction over tokens)
-            loss = loss + self.aux_loss_coef * self.num_experts * torch.mv(scores, f).mean()
-        if self.z_loss_coef > 0:
-            loss = loss + self.z_loss_coef * logits.logsumexp(-1).square().mean()
+        with torch.autocast(logits.device.type, enabled=False):  # fp32 statistics, as the router
+            if self.aux_loss_coef > 0 and self.router_type != "expert_choice":
+                f = load.float() / load.sum()                      # fraction of assignments
+                if self.router_type == "sigmoid":                  # as probabilities per token
+                    scores = scores / scores.sum(-1, keepdim=True)
+                # sum_i f_i P_i with P the mean probability = the mean over tokens of scores @ f
+                # (a matrix-vector product: cheaper on CPU threads than a reduction over tokens)
+                loss = loss + self.aux_loss_coef * self.num_experts * torch.mv(scores, f).mean()
+            if self.z_loss_coef > 0:
+                loss = loss + self.z_loss_coef * logits.logsumexp(-1).square().mean()
         return loss
 
     # ---------------------------------------------------------------- experts
