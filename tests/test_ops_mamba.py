@@ -7,6 +7,7 @@ import torch.nn.functional as F
 import mmeff.ops
 from mmeff.ops import force_backend, last_backend, mamba_chunk_scan_combined, selective_scan_fn
 from mmeff.ops.selective_scan import selective_scan_ref
+from mmeff.ops.selective_scan import chunk as s6_chunk
 from mmeff.ops.selective_scan.chunk import chunked_selective_scan
 from mmeff.ops.ssd import ssd_naive
 from mmeff.ops.ssd._common import run_ssd
@@ -109,6 +110,65 @@ def test_selective_scan_long_strong_decay_is_finite():
                                        return_last_state=True)
     assert_close("tail", out[..., tail], ref, 1e-5)
     assert_close("tail last", last, ref_last, 1e-5)
+
+
+def _s6_mixed_decay(b, d, n, l, g=1):
+    """Leaves where some (state, channel) pairs decay far past the factors' range within a chunk
+    of 8 and the rest decay weakly: both paths of the chunked form run."""
+    A = -torch.rand(d, n) * 0.5
+    A[::2, ::2] = -torch.rand(d // 2 + d % 2, n // 2 + n % 2) * 40 - 20  # |A dt| up to ~100 a token
+    return dict(u=_leaf(b, d, l), delta=_leaf(b, d, l, scale=0.5, shift=1.0), A=A.requires_grad_(),
+                B=_leaf(b, g, n, l), C=_leaf(b, g, n, l), D=_leaf(d), z=_leaf(b, d, l),
+                delta_bias=_leaf(d, scale=0.1), initial_state=_leaf(b, d, n))
+
+
+def test_selective_scan_fallback_positions_match_naive():
+    """Positions past ``SAFE_SPAN / 2`` go through the exact recurrence, forward and backward."""
+    kw = _s6_mixed_decay(2, 6, 4, 45, g=2)
+    x = kw["delta"].detach()
+    dt = torch.nn.functional.softplus(x + kw["delta_bias"].detach()[:, None])
+    c = s6_chunk._prepare(dt * kw["u"].detach(), dt, kw["A"].detach(), kw["B"].detach(), kw["C"].detach(), 8)
+    assert c.fallback is not None and 0 < c.fallback.bad.sum() < c.fallback.bad.numel()
+    ref = selective_scan_ref(**kw, delta_softplus=True, return_last_state=True)
+    out = chunked_selective_scan(**kw, delta_softplus=True, return_last_state=True, chunk_size=8)
+    assert_close("out", out[0], ref[0], TOL)
+    assert_close("last_state", out[1], ref[1], TOL)
+    assert_grads_close("grad", grads(out, list(kw.values())), grads(ref, list(kw.values())), TOL, list(kw))
+
+
+@pytest.mark.parametrize("segment_size", [1, 2 * 4 * 8 * 3, 4 * 4 * 8 * 3 * 9])
+def test_selective_scan_segments_match_naive(monkeypatch, segment_size):
+    """Segments of one chunk, of several chunks of a row, and of several whole rows: the states
+    carried across segment boundaries (forward and backward) give the same result."""
+    monkeypatch.setattr(s6_chunk, "SEGMENT_SIZE", segment_size)
+    kw = _s6_mixed_decay(3, 12, 4, 70, g=4)
+    ref = selective_scan_ref(**kw, delta_softplus=True, return_last_state=True)
+    out = chunked_selective_scan(**kw, delta_softplus=True, return_last_state=True, chunk_size=8)
+    assert_close("out", out[0], ref[0], TOL)
+    assert_close("last_state", out[1], ref[1], TOL)
+    assert_grads_close("grad", grads(out, list(kw.values())), grads(ref, list(kw.values())), TOL, list(kw))
+
+
+def test_selective_scan_negative_dt_matches_naive():
+    """dt of either sign (no softplus): the factors' range is taken over |D|."""
+    kw = _s6_inputs(2, 6, 4, 50)
+    kw.pop("delta_bias")
+    kw["delta"] = _leaf(2, 6, 50, scale=0.3, shift=0.05)
+    names = list(kw)
+    ref = selective_scan_ref(**kw, return_last_state=True)
+    out = selective_scan_fn(**kw, return_last_state=True)
+    assert_close("out", out[0], ref[0], TOL)
+    assert_grads_close("grad", grads(out, list(kw.values())), grads(ref, list(kw.values())), TOL, names)
+
+
+def test_selective_scan_is_causal_bitwise():
+    """An output never depends on later tokens, not even in rounding (strong decays included)."""
+    kw = {k: v.detach() for k, v in _s6_mixed_decay(1, 6, 4, 40).items()}
+    out = selective_scan_fn(**kw, delta_softplus=True)
+    for k in ("u", "delta", "B", "C", "z"):
+        later = {**kw, k: kw[k].clone()}
+        later[k][..., 35:] += 3.0
+        assert torch.equal(selective_scan_fn(**later, delta_softplus=True)[..., :35], out[..., :35]), k
 
 
 def test_selective_scan_force_naive_and_errors():

@@ -82,21 +82,26 @@ class _Fallback(NamedTuple):
     at: torch.Tensor  # [V] flat index of each position in a segment's [bb, kk, Q, N, E] tensors
     local_at: torch.Tensor  # [V] its state from a zero start
     enter_at: torch.Tensor  # [V] its decay from the chunk start, exp(A D_q)
-    state_at: torch.Tensor  # [V] flat index of its chunk's entering state in [R, K + 1, N, E]
-    carry_at: torch.Tensor  # [V] flat index of the state after its chunk in [bb, kk + 1, N, E]
+    state_at: torch.Tensor  # [V] flat index of its chunk's entering state in [bb, kk + 1, N, E]
 
 
 class _Chunks(NamedTuple):
-    """The inputs in chunk layout (rows = batch x group, E = channels per group)."""
-    x: torch.Tensor  # [R, K, Q, E]
-    dt: torch.Tensor  # [R, K, Q, E]
-    cum: torch.Tensor  # [R, K, Q, E] cumulative dt within the chunk
+    """The inputs split into rows (batch x group) and chunks; E = channels per group."""
+    x: torch.Tensor  # [R, E, K, Q] (the input's own layout)
+    dt: torch.Tensor  # [R, E, K, Q]
     A: torch.Tensor  # [R, N, E]
     A2: torch.Tensor  # [R, N, E] A / ln 2
     B: torch.Tensor  # [R, K, Q, N]
     C: torch.Tensor  # [R, K, Q, N]
+    eye: torch.Tensor  # [Q, Q]
+    tri: torch.Tensor  # [Q, Q] ones on and below the diagonal
     segments: List[Segment]
     fallback: Optional[_Fallback]
+
+
+def _pad(t: torch.Tensor, q: int) -> torch.Tensor:
+    """Pad the last (time) axis to whole chunks: dt = 0 is decay 1 and input 0 (the state holds)."""
+    return F.pad(t, (0, -t.shape[-1] % q))
 
 
 def _prepare(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
@@ -105,72 +110,55 @@ def _prepare(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor
     b, d, l = x.shape
     g, n = B.shape[1], B.shape[2]
     e, r, k = d // g, b * g, -(-l // q)
-    if k * q != l:  # pad with dt = 0: decay 1 and input 0 leave the state as it was
-        x, dt, B, C = (F.pad(t, (0, k * q - l)) for t in (x, dt, B, C))
-    x_, dt_ = (_transpose(t.reshape(r, e, k * q)).view(r, k, q, e) for t in (x, dt))
-    tri = torch.ones(q, q, dtype=x.dtype, device=x.device).tril_()
-    cum = torch.matmul(tri, dt_)  # [R, K, Q, E]
-    B_, C_ = (rearrange(t.reshape(r, n, k, q), "r n k q -> r k q n").contiguous() for t in (B, C))
+    x, dt = (_pad(t, q).view(r, e, k, q) for t in (x, dt))
+    B4 = _pad(B, q).reshape(r, n, k, q)
+    B_, C_ = (rearrange(t, "r n k q -> r k q n").contiguous() for t in (B4, _pad(C, q).reshape(r, n, k, q)))
     A_ = rearrange(A, "(g e) n -> g n e", g=g).expand(b, g, n, e).reshape(r, n, e).contiguous()
     A2 = A_ * LOG2E
+    eye = torch.eye(q, dtype=x.dtype, device=x.device)
     segments = _segments(r, k, q * n * e, SEGMENT_SIZE)
-    fallback = _fallback(A_, A2, x_, dt_, cum, B_, segments)
-    return _Chunks(x_, dt_, cum, A_, A2, B_, C_, segments, fallback)
+    return _Chunks(x, dt, A_, A2, B_, C_, eye, torch.ones_like(eye).tril_(), segments,
+                   _fallback(A_, A2, x, dt, B4, segments))
 
 
-def _fallback(A: torch.Tensor, A2: torch.Tensor, x: torch.Tensor, dt: torch.Tensor,
-              cum: torch.Tensor, B: torch.Tensor, segments: List[Segment]) -> Optional[_Fallback]:
+def _fallback(A: torch.Tensor, A2: torch.Tensor, x: torch.Tensor, dt: torch.Tensor, B: torch.Tensor,
+              segments: List[Segment]) -> Optional[_Fallback]:
     """Exact states, by the recurrence over their ``Q`` positions, of the triples where
-    ``|A D_q|`` passes ``SAFE_SPAN / 2``; None if there are none."""
-    r, k, q, e = x.shape
+    ``|A D_q|`` passes ``SAFE_SPAN / 2``; None if there are none (``x``, ``dt`` ``[R, E, K, Q]``,
+    ``B`` ``[R, N, K, Q]``)."""
+    r, e, k, q = x.shape
     n = A.shape[1]
-    reach = cum if bool((dt >= 0).all()) else cum.abs().cummax(2).values  # max |D| so far
+    nonneg = bool(dt.min() >= 0)
+    reach = dt.sum(-1) if nonneg else dt.cumsum(-1).abs().amax(-1)  # [R, E, K] max |D| in the chunk
     absA, limit = A.abs(), SAFE_SPAN / 2
-    wide = (reach[:, :, -1] * absA.amax(1)[:, None]) > limit  # [R, K, E]: some state of the channel
+    wide = (reach * absA.amax(1)[:, :, None]) > limit  # [R, E, K]: some state of the channel
     if not bool(wide.any()):
         return None
-    ri, ki, ei = wide.nonzero().unbind(1)
-    mi, ni = ((absA[ri, :, ei] * reach[ri, ki, -1, ei][:, None]) > limit).nonzero().unbind(1)
-    ri, ki, ei = ri[mi], ki[mi], ei[mi]  # sorted by (row, chunk, ...)
-    a, cum = A2[ri, ni, ei][:, None], cum[ri, ki, :, ei]  # [M, 1], [M, Q]
-    bad = (absA[ri, ni, ei][:, None] * reach[ri, ki, :, ei]) > limit  # [M, Q]
-    step = torch.exp2(a * dt[ri, ki, :, ei])
-    xb = x[ri, ki, :, ei] * B[ri, ki, :, ni]
+    ri, ki, ei = wide.transpose(1, 2).nonzero().unbind(1)  # in (row, chunk) order
+    mi, ni = ((absA[ri, :, ei] * reach[ri, ei, ki][:, None]) > limit).nonzero().unbind(1)
+    ri, ki, ei = ri[mi], ki[mi], ei[mi]
+    a, dt_m = A2[ri, ni, ei][:, None], dt[ri, ei, ki]  # [M, 1], [M, Q]
+    cum = dt_m.cumsum(1)
+    bad = (absA[ri, ni, ei][:, None] * (cum if nonneg else cum.abs().cummax(1).values)) > limit
+    step = torch.exp2(a * dt_m)
     h, local = torch.zeros_like(a[:, 0]), []
-    for step_j, xb_j in zip(step.unbind(1), xb.unbind(1)):
+    for step_j, xb_j in zip(step.unbind(1), (x[ri, ei, ki] * B[ri, ni, ki]).unbind(1)):
         h = torch.addcmul(xb_j, step_j, h)
         local.append(h)
+    local = torch.stack(local, 1)
     # where each triple sits in its segment's temporaries (segments: row blocks x chunk blocks)
     kk_full, bb_full = segments[0][3] - segments[0][2], segments[0][1] - segments[0][0]
     sid = (ri // bb_full) * -(-k // kk_full) + ki // kk_full
     seg_r0, seg_k0, seg_kk = (torch.tensor(v, device=x.device)[sid] for v in
                               zip(*[(r0, k0, k1 - k0) for r0, _, k0, k1 in segments]))
-    rl, kl = ri - seg_r0, ki - seg_k0  # row and chunk inside the segment
-    pos, inner = ni * e + ei, (ri - seg_r0) * seg_kk + kl
+    rl, kl, pos = ri - seg_r0, ki - seg_k0, ni * e + ei  # row and chunk inside the segment
+    inner = rl * seg_kk + kl
     at = (inner[:, None] * q + torch.arange(q, device=x.device)) * (n * e) + pos[:, None]
-    local = torch.stack(local, 1)
     t = bad.nonzero()[:, 0]  # [V] the triple of each position, in triple order
     edges = torch.arange(len(segments) + 1, device=x.device)
     return _Fallback(torch.searchsorted(sid, edges).tolist(), torch.searchsorted(sid[t], edges).tolist(),
                      ri, ki, ni, ei, a, cum, step, local, bad, inner * (n * e) + pos, at[bad], local[bad],
-                     torch.exp2(a * cum)[bad], ((ri * (k + 1) + ki) * (n * e) + pos)[t],
-                     ((rl * (seg_kk + 1) + kl + 1) * (n * e) + pos)[t])
-
-
-def _chunk_states(c: _Chunks, seg: Segment, P: torch.Tensor, S: torch.Tensor,
-                  decay: torch.Tensor) -> torch.Tensor:
-    """Fill ``P = 2^(A2 D)``, ``S`` (the running sum from a zero start) and the whole-chunk
-    decays ``[bb, kk, N, E]`` of one segment."""
-    b0, b1, k0, k1 = seg
-    A2 = c.A2[b0:b1, None]  # [bb, 1, N, E]
-    torch.mul(c.cum[b0:b1, k0:k1, -1, None], A2, out=decay).exp2_()
-    torch.mul(c.cum[b0:b1, k0:k1, :, None], A2[:, None], out=P).exp2_()
-    torch.div(c.x[b0:b1, k0:k1, :, None], P, out=S)
-    S_j, B_j = S.unbind(2), c.B[b0:b1, k0:k1, :, :, None].unbind(2)
-    S_j[0].mul_(B_j[0])
-    for j in range(1, len(S_j)):  # one op per position, all chunks of the segment at once
-        torch.addcmul(S_j[j - 1], S_j[j], B_j[j], out=S_j[j])
-    return decay
+                     torch.exp2(a * cum)[bad], ((rl * (seg_kk + 1) + kl) * (n * e) + pos)[t])
 
 
 def _positions(fb: Optional[_Fallback], si: int) -> Tuple[Optional[slice], Optional[slice]]:
@@ -180,120 +168,135 @@ def _positions(fb: Optional[_Fallback], si: int) -> Tuple[Optional[slice], Optio
     return slice(fb.bounds[si], fb.bounds[si + 1]), slice(fb.at_bounds[si], fb.at_bounds[si + 1])
 
 
-def _states(c: _Chunks, seg: Segment, si: int, P: torch.Tensor, S: torch.Tensor,
-            H: torch.Tensor) -> torch.Tensor:
-    """Turn ``S`` into the states ``h`` of the segment (``H`` [R, K + 1, N, E] entering states)."""
+def _rows(t: torch.Tensor, seg: Segment, mat: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """``mat @ t`` over each chunk of a segment of ``t`` ``[R, E, K, Q]``, into ``out``
+    ``[bb, kk, Q, E]``: the matmul transposes on the way (faster than a copy)."""
     b0, b1, k0, k1 = seg
-    S.add_(H[b0:b1, k0:k1, None]).mul_(P)
-    fb, (m, v) = c.fallback, _positions(c.fallback, si)
-    if v is not None:
-        S.view(-1)[fb.at[v]] = torch.addcmul(fb.local_at[v], fb.enter_at[v], H.view(-1)[fb.state_at[v]])
-    return S
+    return torch.matmul(mat, t[b0:b1, :, k0:k1].permute(0, 2, 3, 1), out=out)
 
 
-def _buffers(c: _Chunks, count: int) -> List[torch.Tensor]:
-    """``count`` flat buffers of the largest segment's ``[bb, kk, Q, N, E]`` size, plus one for
-    its ``[bb, kk, N, E]`` decays."""
-    _, _, q, e = c.x.shape
+class _Work(NamedTuple):
+    """One segment's temporaries."""
+    P: torch.Tensor  # [bb, kk, Q, N, E] 2^(A2 D)
+    S: torch.Tensor  # [bb, kk, Q, N, E] running sums, then the states h
+    G: torch.Tensor  # [bb, kk, Q, N, E] (backward) dL/dh
+    x: torch.Tensor  # [bb, kk, Q, E]
+    cum: torch.Tensor  # [bb, kk, Q, E] cumulative dt within the chunk
+    v: torch.Tensor  # [bb, kk, Q, E] (backward) dy, then dt
+    H: torch.Tensor  # [bb, kk + 1, N, E] states entering the chunks (and leaving the last)
+
+
+def _work(c: _Chunks, backward: bool):
+    """Flat buffers for the largest segment, and a function giving a segment's views of them."""
+    _, e, _, q = c.x.shape
     n = c.A.shape[1]
     big = max((b1 - b0) * (k1 - k0) for b0, b1, k0, k1 in c.segments)
-    return [c.x.new_empty(big * q * n * e) for _ in range(count)] + [c.x.new_empty(big * n * e)]
+    flat = [c.x.new_empty(big * q * n * e if backward or i < 2 else 0) for i in range(3)]
+    flat += [c.x.new_empty(big * q * e if backward or i < 2 else 0) for i in range(3)]
+    flat.append(c.x.new_empty((big + c.segments[0][1]) * n * e))
+
+    def views(seg: Segment) -> _Work:
+        b0, b1, k0, k1 = seg
+        bb, kk = b1 - b0, k1 - k0
+        shapes = [(bb, kk, q, n, e)] * 3 + [(bb, kk, q, e)] * 3 + [(bb, kk + 1, n, e)]
+        return _Work(*(t[:math.prod(s)].view(s) if t.numel() else None for t, s in zip(flat, shapes)))
+    return views
 
 
-def _views(flat: List[torch.Tensor], seg: Segment, q: int, n: int, e: int) -> List[torch.Tensor]:
-    b0, b1, k0, k1 = seg
-    bb, kk = b1 - b0, k1 - k0
-    *full, ends = flat
-    return [t[:bb * kk * q * n * e].view(bb, kk, q, n, e) for t in full] + [ends[:bb * kk * n * e].view(bb, kk, n, e)]
+def _segment(c: _Chunks, si: int, w: _Work, start: torch.Tensor) -> torch.Tensor:
+    """The states of segment ``si`` into ``w.S`` from the state ``start`` ``[bb, N, E]`` entering
+    it (``w.H``: the states entering its chunks); returns the whole-chunk decays ``[bb, kk, N, E]``."""
+    b0, b1, k0, k1 = seg = c.segments[si]
+    fb, (m, v) = c.fallback, _positions(c.fallback, si)
+    P, S, H = w.P, w.S, w.H
+    _rows(c.x, seg, c.eye, w.x)
+    _rows(c.dt, seg, c.tri, w.cum)
+    torch.mul(w.cum[..., None, :], c.A2[b0:b1, None, None], out=P).exp2_()
+    torch.div(w.x[..., None, :], P, out=S)
+    S_j, B_j = S.unbind(2), c.B[b0:b1, k0:k1, :, :, None].unbind(2)
+    S_j[0].mul_(B_j[0])
+    for j in range(1, len(S_j)):  # one op per position, all chunks of the segment at once
+        torch.addcmul(S_j[j - 1], S_j[j], B_j[j], out=S_j[j])
+    decay = P[:, :, -1]  # [bb, kk, N, E] (the reference is the chunk start)
+    local = decay * S[:, :, -1]  # each chunk's end state from zero
+    if m is not None:  # the last position of a fallback triple is always past the range
+        local.view(-1)[fb.end_at[m]] = fb.local[m, -1]
+    H[:, 0] = start
+    H_i = H.unbind(1)
+    for i, (local_i, decay_i) in enumerate(zip(local.unbind(1), decay.unbind(1))):
+        torch.addcmul(local_i, decay_i, H_i[i], out=H_i[i + 1])
+    S.add_(H[:, :-1, None]).mul_(P)
+    if v is not None:
+        S.view(-1)[fb.at[v]] = torch.addcmul(fb.local_at[v], fb.enter_at[v], H.view(-1)[fb.state_at[v]])
+    return decay
 
 
-def _forward(c: _Chunks, h0) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Outputs ``[R, K, Q, 1, E]`` and the states entering every chunk ``[R, K + 1, N, E]`` (the
-    last one is the final state), from ``h0`` (``[R, N, E]`` or 0)."""
-    r, k, q, e = c.x.shape
-    n = c.A.shape[1]
-    H = c.x.new_empty(r, k + 1, n, e)
-    H[:, 0] = h0
-    y = c.x.new_empty(r, k, q, 1, e)
-    flat, fb = _buffers(c, 2), c.fallback
+def _forward(c: _Chunks, h0: torch.Tensor) -> Tuple[torch.Tensor, List[torch.Tensor], torch.Tensor]:
+    """Outputs ``[R, K, Q, 1, E]``, the state entering each segment and the final state
+    ``[R, N, E]``, from ``h0`` ``[R, N, E]``."""
+    r, e, k, q = c.x.shape
+    y, views, starts, state = c.x.new_empty(r, k, q, 1, e), _work(c, False), [], h0.clone()
     for si, seg in enumerate(c.segments):
         b0, b1, k0, k1 = seg
-        P, S, decay = _views(flat, seg, q, n, e)
-        _chunk_states(c, seg, P, S, decay)
-        local = P[:, :, -1] * S[:, :, -1]  # [bb, kk, N, E] each chunk's end state from zero
-        m, _ = _positions(fb, si)
-        if m is not None:  # the last position of a fallback triple is always past the range
-            local.view(-1)[fb.end_at[m]] = fb.local[m, -1]
-        H_i = H[b0:b1, k0:k1 + 1].unbind(1)
-        for i, (local_i, decay_i) in enumerate(zip(local.unbind(1), decay.unbind(1))):
-            torch.addcmul(local_i, decay_i, H_i[i], out=H_i[i + 1])
-        h = _states(c, seg, si, P, S, H)
-        torch.matmul(c.C[b0:b1, k0:k1, :, None], h, out=y[b0:b1, k0:k1])
-    return y, H
+        w = views(seg)
+        starts.append(state[b0:b1].clone())
+        _segment(c, si, w, state[b0:b1])
+        state[b0:b1] = w.H[:, -1]
+        torch.matmul(c.C[b0:b1, k0:k1, :, None], w.S, out=y[b0:b1, k0:k1])
+    return y, starts, state
 
 
-def _backward(c: _Chunks, H: torch.Tensor, dy: torch.Tensor, dlast: torch.Tensor):
-    """Gradients of ``(x, dt, A, B, C, h0)`` in chunk layout from ``dy`` ``[R, K, Q, E]`` and the
-    final state's gradient ``dlast`` ``[R, N, E]``."""
-    r, k, q, e = c.x.shape
+def _backward(c: _Chunks, starts: List[torch.Tensor], dy: torch.Tensor, dlast: torch.Tensor):
+    """Gradients of ``(x, dt, A, B, C, h0)``: ``dx``, ``d dt`` ``[R, K, Q, E]``, ``dA``
+    ``[R, N, E]``, ``dB``, ``dC`` ``[R, K, Q, N]`` and ``dh0`` ``[R, N, E]``, from ``dy``
+    ``[R, E, K, Q]`` and the final state's gradient ``dlast`` ``[R, N, E]``."""
+    r, e, k, q = c.x.shape
     n = c.A.shape[1]
     dx, ddt = c.x.new_empty(r, k, q, 1, e), c.x.new_empty(r, k, q, e)
     dB, dC = c.x.new_empty(r, k, q, n, 1), c.x.new_empty(r, k, q, n, 1)
-    dA = c.x.new_zeros(r, n, e)
-    carry = dlast.clone()  # [R, N, E] gradient flowing into the state before the current segment
+    dA, carry, views = c.x.new_zeros(r, n, e), dlast.clone(), _work(c, True)
     fb = c.fallback
     if fb is not None:  # dL/dh of the fallback triples from a zero carry: the reversed recurrence
-        c_dy = dy[fb.row, fb.chunk, :, fb.channel] * c.C[fb.row, fb.chunk, :, fb.state]  # [M, Q]
+        c_dy = dy[fb.row, fb.channel, fb.chunk] * c.C[fb.row, fb.chunk, :, fb.state]  # [M, Q]
         g, fb_g = c_dy[:, -1], [c_dy[:, -1]]
         for j in range(q - 2, -1, -1):
             g = torch.addcmul(c_dy[:, j], fb.step[:, j + 1], g)
             fb_g.append(g)
         fb_g = torch.stack(fb_g[::-1], 1)  # [M, Q]
-        fb_exit = torch.exp2(fb.a * (fb.cum[:, -1:] - fb.cum))  # decay from q to the chunk end
-        fb_g_bad, fb_exit_bad = fb_g[fb.bad], fb_exit[fb.bad]
-    flat = _buffers(c, 3)
+        fb_g_bad = fb_g[fb.bad]
+        fb_exit_bad = torch.exp2(fb.a * (fb.cum[:, -1:] - fb.cum))[fb.bad]  # decay to the chunk end
     for si in range(len(c.segments) - 1, -1, -1):
-        seg = c.segments[si]
-        b0, b1, k0, k1 = seg
-        bb, kk = b1 - b0, k1 - k0
-        P, S, G, decay = _views(flat, seg, q, n, e)
-        _chunk_states(c, seg, P, S, decay)
+        b0, b1, k0, k1 = seg = c.segments[si]
+        w = views(seg)
+        P, G, H = w.P, w.G, w.H
+        decay = _segment(c, si, w, starts[si])
+        h, m, v = w.S, *_positions(fb, si)
         # dL/dh = (R + P_end carry) / P with R the reversed running sum of P C dy
-        torch.mul(dy[b0:b1, k0:k1, :, None], c.C[b0:b1, k0:k1, :, :, None], out=G).mul_(P)
+        dy_s = _rows(dy, seg, c.eye, w.v)
+        torch.mul(dy_s[..., None, :], c.C[b0:b1, k0:k1, :, :, None], out=G).mul_(P)
         G_j = G.unbind(2)
         for j in range(q - 2, -1, -1):
             G_j[j].add_(G_j[j + 1])
+        torch.matmul(h, dy_s[..., None], out=dC[b0:b1, k0:k1])
         back = G[:, :, 0].clone()  # [bb, kk, N, E] what each chunk passes to the one before
-        m, v = _positions(fb, si)
         if m is not None:
             back.view(-1)[fb.end_at[m]] = fb.step[m, 0] * fb_g[m, 0]
-        carries = c.x.new_empty(bb, kk + 1, n, e)
-        carries[:, kk] = carry[b0:b1]
-        C_i = carries.unbind(1)
-        for i in range(kk - 1, -1, -1):
-            torch.addcmul(back[:, i], decay[:, i], C_i[i + 1], out=C_i[i])
-        carry[b0:b1] = C_i[0]
-        G.addcmul_(P[:, :, -1:], carries[:, 1:, None]).div_(P)
+        H[:, -1] = carry[b0:b1]  # H now holds the gradients flowing into each chunk from the right
+        H_i = H.unbind(1)
+        for i in range(k1 - k0 - 1, -1, -1):
+            torch.addcmul(back[:, i], decay[:, i], H_i[i + 1], out=H_i[i])
+        carry[b0:b1] = H_i[0]
+        G.addcmul_(P[:, :, -1:], H[:, 1:, None]).div_(P)
         if v is not None:
-            after = carries.view(-1)[fb.carry_at[v]]
-            G.view(-1)[fb.at[v]] = torch.addcmul(fb_g_bad[v], fb_exit_bad[v], after)
-        h = _states(c, seg, si, P, S, H)
-        x_s, B_s = c.x[b0:b1, k0:k1], c.B[b0:b1, k0:k1]
+            G.view(-1)[fb.at[v]] = torch.addcmul(fb_g_bad[v], fb_exit_bad[v], H.view(-1)[fb.state_at[v] + n * e])
+        B_s = c.B[b0:b1, k0:k1]
         torch.matmul(B_s[:, :, :, None], G, out=dx[b0:b1, k0:k1])
-        torch.matmul(G, x_s[..., None], out=dB[b0:b1, k0:k1])
-        torch.matmul(h, dy[b0:b1, k0:k1, :, :, None], out=dC[b0:b1, k0:k1])
-        da = h.addcmul_(x_s[:, :, :, None], B_s[..., None], value=-1).mul_(G)  # dL/d(dt A)
-        dA[b0:b1] += torch.mul(da, c.dt[b0:b1, k0:k1, :, None], out=P).sum((1, 2))
+        torch.matmul(G, w.x[..., None], out=dB[b0:b1, k0:k1])
+        da = h.addcmul_(w.x[:, :, :, None], B_s[..., None], value=-1).mul_(G)  # dL/d(dt A)
+        dt_s = _rows(c.dt, seg, c.eye, w.v)
+        dA[b0:b1] += torch.mul(da, dt_s[..., None, :], out=P).sum((1, 2))
         torch.sum(da.mul_(c.A[b0:b1, None, None]), 3, out=ddt[b0:b1, k0:k1])
-    return dx, ddt, dA, dB, dC, carry
-
-
-def _to_rows(t: torch.Tensor, g: int, q: int) -> torch.Tensor:
-    """``[B, D, L] -> [B*G, K, Q, E]`` (padded)."""
-    b, d, l = t.shape
-    k = -(-l // q)
-    t = F.pad(t, (0, k * q - l)) if k * q != l else t
-    return _transpose(t.reshape(b * g, d // g, k * q)).view(b * g, k, q, d // g)
+    return dx.squeeze(3), ddt, dA, dB.squeeze(4), dC.squeeze(4), carry
 
 
 def _from_rows(t: torch.Tensor, b: int, l: int) -> torch.Tensor:
@@ -310,25 +313,22 @@ class _ChunkedScan(torch.autograd.Function):
         b, d, l = x.shape
         g, n = B.shape[1], B.shape[2]
         c = _prepare(x, dt, A, B, C, q)
-        y, H = _forward(c, 0 if h0 is None else rearrange(h0, "b (g e) n -> (b g) n e", g=g))
-        ctx.c, ctx.dims, ctx.has_h0 = c, (b, g, l), h0 is not None
-        ctx.save_for_backward(H)
-        last = rearrange(H[:, -1], "(b g) n e -> b (g e) n", b=b).clone(memory_format=torch.contiguous_format)
-        return _from_rows(y.squeeze(3), b, l), last
+        h0_ = x.new_zeros(b * g, n, d // g) if h0 is None else rearrange(h0, "b (g e) n -> (b g) n e", g=g)
+        y, starts, last = _forward(c, h0_)
+        ctx.c, ctx.starts, ctx.dims, ctx.has_h0 = c, starts, (b, g, l), h0 is not None
+        return _from_rows(y.squeeze(3), b, l), rearrange(last, "(b g) n e -> b (g e) n", b=b).contiguous()
 
     @staticmethod
     def backward(ctx, dy, dlast):
-        (H,), c, (b, g, l) = ctx.saved_tensors, ctx.c, ctx.dims
-        r, k, q, e = c.x.shape
-        n = c.A.shape[1]
-        dy = torch.zeros_like(c.x) if dy is None else _to_rows(dy.float(), g, q)
-        dlast = (c.x.new_zeros(r, n, e) if dlast is None
-                 else rearrange(dlast.float(), "b (g e) n -> (b g) n e", g=g))
-        dx, ddt, dA, dB, dC, dh0 = _backward(c, H, dy, dlast)
-        dA = rearrange(dA.view(b, g, n, e).sum(0), "g n e -> (g e) n")
-        dB, dC = (rearrange(t, "(b g) k q n 1 -> b g n (k q)", b=b)[..., :l] for t in (dB, dC))
+        c, (b, g, l) = ctx.c, ctx.dims
+        r, e, k, q = c.x.shape
+        dy = _pad(dy.float(), q).reshape(r, e, k, q)
+        dlast = rearrange(dlast.float(), "b (g e) n -> (b g) n e", g=g)
+        dx, ddt, dA, dB, dC, dh0 = _backward(c, ctx.starts, dy, dlast)
+        dA = rearrange(dA.view(b, g, *dA.shape[1:]).sum(0), "g n e -> (g e) n")
+        dB, dC = (rearrange(t, "(b g) k q n -> b g n (k q)", b=b)[..., :l] for t in (dB, dC))
         dh0 = rearrange(dh0, "(b g) n e -> b (g e) n", b=b) if ctx.has_h0 else None
-        return _from_rows(dx.squeeze(3), b, l), _from_rows(ddt, b, l), dA, dB, dC, dh0, None
+        return _from_rows(dx, b, l), _from_rows(ddt, b, l), dA, dB, dC, dh0, None
 
 
 def chunk_core(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
