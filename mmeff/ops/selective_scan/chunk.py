@@ -48,14 +48,6 @@ LOG2E = 1.0 / math.log(2.0)
 Segment = Tuple[int, int, int, int]  # rows b0:b1 (batch x group), chunks k0:k1
 
 
-def _transpose(t: torch.Tensor) -> torch.Tensor:
-    """``[R, X, Y] -> [R, Y, X]`` as 2D copies (torch's blocked transpose: several times faster)."""
-    out = t.new_empty(t.shape[0], t.shape[2], t.shape[1])
-    for o, s in zip(out, t):
-        o.copy_(s.t())
-    return out
-
-
 def _segments(rows: int, chunks: int, unit: int, size: int) -> List[Segment]:
     """Blocks of rows x chunks of about ``size`` elements (``unit`` per row and chunk), row-major."""
     kk = min(chunks, max(1, size // unit))
@@ -101,7 +93,7 @@ class _Chunks(NamedTuple):
 
 def _pad(t: torch.Tensor, q: int) -> torch.Tensor:
     """Pad the last (time) axis to whole chunks: dt = 0 is decay 1 and input 0 (the state holds)."""
-    return F.pad(t, (0, -t.shape[-1] % q))
+    return F.pad(t, (0, -t.shape[-1] % q)) if t.shape[-1] % q else t
 
 
 def _prepare(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
@@ -129,7 +121,7 @@ def _fallback(A: torch.Tensor, A2: torch.Tensor, x: torch.Tensor, dt: torch.Tens
     r, e, k, q = x.shape
     n = A.shape[1]
     nonneg = bool(dt.min() >= 0)
-    reach = dt.sum(-1) if nonneg else dt.cumsum(-1).abs().amax(-1)  # [R, E, K] max |D| in the chunk
+    reach = dt @ dt.new_ones(q) if nonneg else dt.cumsum(-1).abs().amax(-1)  # [R, E, K] max |D| in a chunk
     absA, limit = A.abs(), SAFE_SPAN / 2
     wide = (reach * absA.amax(1)[:, :, None]) > limit  # [R, E, K]: some state of the channel
     if not bool(wide.any()):
@@ -184,6 +176,7 @@ class _Work(NamedTuple):
     cum: torch.Tensor  # [bb, kk, Q, E] cumulative dt within the chunk
     v: torch.Tensor  # [bb, kk, Q, E] (backward) dy, then dt
     H: torch.Tensor  # [bb, kk + 1, N, E] states entering the chunks (and leaving the last)
+    t: torch.Tensor  # [E, kk Q] one row transposed back
 
 
 def _work(c: _Chunks, backward: bool):
@@ -194,11 +187,12 @@ def _work(c: _Chunks, backward: bool):
     flat = [c.x.new_empty(big * q * n * e if backward or i < 2 else 0) for i in range(3)]
     flat += [c.x.new_empty(big * q * e if backward or i < 2 else 0) for i in range(3)]
     flat.append(c.x.new_empty((big + c.segments[0][1]) * n * e))
+    flat.append(c.x.new_empty(max(k1 - k0 for _, _, k0, k1 in c.segments) * q * e))
 
     def views(seg: Segment) -> _Work:
         b0, b1, k0, k1 = seg
         bb, kk = b1 - b0, k1 - k0
-        shapes = [(bb, kk, q, n, e)] * 3 + [(bb, kk, q, e)] * 3 + [(bb, kk + 1, n, e)]
+        shapes = [(bb, kk, q, n, e)] * 3 + [(bb, kk, q, e)] * 3 + [(bb, kk + 1, n, e), (e, kk * q)]
         return _Work(*(t[:math.prod(s)].view(s) if t.numel() else None for t, s in zip(flat, shapes)))
     return views
 
@@ -231,28 +225,36 @@ def _segment(c: _Chunks, si: int, w: _Work, start: torch.Tensor) -> torch.Tensor
     return decay
 
 
+def _put(rows: torch.Tensor, out: torch.Tensor, seg: Segment, t: torch.Tensor) -> None:
+    """Write a segment's ``[bb, kk, Q, (1,) E]`` rows into ``out`` ``[R, E, K, Q]``, a row at a time
+    through ``t`` ``[E, kk Q]`` (torch's blocked transpose, then a copy of whole runs of time)."""
+    b0, b1, k0, k1 = seg
+    for i in range(b1 - b0):
+        t.copy_(rows[i].reshape(t.shape[1], t.shape[0]).t())
+        out[b0 + i, :, k0:k1].copy_(t.view(out[b0 + i, :, k0:k1].shape))
+
+
 def _forward(c: _Chunks, h0: torch.Tensor) -> Tuple[torch.Tensor, List[torch.Tensor], torch.Tensor]:
-    """Outputs ``[R, K, Q, 1, E]``, the state entering each segment and the final state
+    """Outputs ``[R, E, K, Q]``, the state entering each segment and the final state
     ``[R, N, E]``, from ``h0`` ``[R, N, E]``."""
-    r, e, k, q = c.x.shape
-    y, views, starts, state = c.x.new_empty(r, k, q, 1, e), _work(c, False), [], h0.clone()
+    y, views, starts, state = torch.empty_like(c.x), _work(c, False), [], h0.clone()
     for si, seg in enumerate(c.segments):
         b0, b1, k0, k1 = seg
         w = views(seg)
         starts.append(state[b0:b1].clone())
         _segment(c, si, w, state[b0:b1])
         state[b0:b1] = w.H[:, -1]
-        torch.matmul(c.C[b0:b1, k0:k1, :, None], w.S, out=y[b0:b1, k0:k1])
+        _put(torch.matmul(c.C[b0:b1, k0:k1, :, None], w.S, out=w.x[..., None, :]), y, seg, w.t)
     return y, starts, state
 
 
 def _backward(c: _Chunks, starts: List[torch.Tensor], dy: torch.Tensor, dlast: torch.Tensor):
-    """Gradients of ``(x, dt, A, B, C, h0)``: ``dx``, ``d dt`` ``[R, K, Q, E]``, ``dA``
+    """Gradients of ``(x, dt, A, B, C, h0)``: ``dx``, ``d dt`` ``[R, E, K, Q]``, ``dA``
     ``[R, N, E]``, ``dB``, ``dC`` ``[R, K, Q, N]`` and ``dh0`` ``[R, N, E]``, from ``dy``
     ``[R, E, K, Q]`` and the final state's gradient ``dlast`` ``[R, N, E]``."""
     r, e, k, q = c.x.shape
     n = c.A.shape[1]
-    dx, ddt = c.x.new_empty(r, k, q, 1, e), c.x.new_empty(r, k, q, e)
+    dx, ddt = torch.empty_like(c.x), torch.empty_like(c.x)
     dB, dC = c.x.new_empty(r, k, q, n, 1), c.x.new_empty(r, k, q, n, 1)
     dA, carry, views = c.x.new_zeros(r, n, e), dlast.clone(), _work(c, True)
     fb = c.fallback
@@ -290,19 +292,13 @@ def _backward(c: _Chunks, starts: List[torch.Tensor], dy: torch.Tensor, dlast: t
         if v is not None:
             G.view(-1)[fb.at[v]] = torch.addcmul(fb_g_bad[v], fb_exit_bad[v], H.view(-1)[fb.state_at[v] + n * e])
         B_s = c.B[b0:b1, k0:k1]
-        torch.matmul(B_s[:, :, :, None], G, out=dx[b0:b1, k0:k1])
+        _put(torch.matmul(B_s[:, :, :, None], G, out=w.cum[..., None, :]), dx, seg, w.t)
         torch.matmul(G, w.x[..., None], out=dB[b0:b1, k0:k1])
         da = h.addcmul_(w.x[:, :, :, None], B_s[..., None], value=-1).mul_(G)  # dL/d(dt A)
         dt_s = _rows(c.dt, seg, c.eye, w.v)
         dA[b0:b1] += torch.mul(da, dt_s[..., None, :], out=P).sum((1, 2))
-        torch.sum(da.mul_(c.A[b0:b1, None, None]), 3, out=ddt[b0:b1, k0:k1])
-    return dx.squeeze(3), ddt, dA, dB.squeeze(4), dC.squeeze(4), carry
-
-
-def _from_rows(t: torch.Tensor, b: int, l: int) -> torch.Tensor:
-    """``[B*G, K, Q, E] -> [B, D, L]``."""
-    r, k, q, e = t.shape
-    return _transpose(t.reshape(r, k * q, e)).view(b, r // b * e, k * q)[..., :l]
+        _put(torch.sum(da.mul_(c.A[b0:b1, None, None]), 3, out=w.v), ddt, seg, w.t)
+    return dx, ddt, dA, dB.squeeze(4), dC.squeeze(4), carry
 
 
 class _ChunkedScan(torch.autograd.Function):
@@ -316,7 +312,7 @@ class _ChunkedScan(torch.autograd.Function):
         h0_ = x.new_zeros(b * g, n, d // g) if h0 is None else rearrange(h0, "b (g e) n -> (b g) n e", g=g)
         y, starts, last = _forward(c, h0_)
         ctx.c, ctx.starts, ctx.dims, ctx.has_h0 = c, starts, (b, g, l), h0 is not None
-        return _from_rows(y.squeeze(3), b, l), rearrange(last, "(b g) n e -> b (g e) n", b=b).contiguous()
+        return y.view(b, d, -1)[..., :l], rearrange(last, "(b g) n e -> b (g e) n", b=b).contiguous()
 
     @staticmethod
     def backward(ctx, dy, dlast):
@@ -328,7 +324,8 @@ class _ChunkedScan(torch.autograd.Function):
         dA = rearrange(dA.view(b, g, *dA.shape[1:]).sum(0), "g n e -> (g e) n")
         dB, dC = (rearrange(t, "(b g) k q n -> b g n (k q)", b=b)[..., :l] for t in (dB, dC))
         dh0 = rearrange(dh0, "(b g) n e -> b (g e) n", b=b) if ctx.has_h0 else None
-        return _from_rows(dx, b, l), _from_rows(ddt, b, l), dA, dB, dC, dh0, None
+        d = r // b * e
+        return dx.view(b, d, -1)[..., :l], ddt.view(b, d, -1)[..., :l], dA, dB, dC, dh0, None
 
 
 def chunk_core(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
