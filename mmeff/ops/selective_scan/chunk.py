@@ -167,39 +167,57 @@ def _rows(t: torch.Tensor, seg: Segment, mat: torch.Tensor, out: torch.Tensor) -
     return torch.matmul(mat, t[b0:b1, :, k0:k1].permute(0, 2, 3, 1), out=out)
 
 
-class _Work(NamedTuple):
-    """One segment's temporaries."""
+class _Views(NamedTuple):
+    """One segment shape's views of the work buffers (``bb`` rows, ``kk`` chunks)."""
     P: torch.Tensor  # [bb, kk, Q, N, E] 2^(A2 D)
     S: torch.Tensor  # [bb, kk, Q, N, E] running sums, then the states h
-    G: torch.Tensor  # [bb, kk, Q, N, E] (backward) dL/dh
+    G: Optional[torch.Tensor]  # [bb, kk, Q, N, E] (backward) dL/dh
     x: torch.Tensor  # [bb, kk, Q, E]
     cum: torch.Tensor  # [bb, kk, Q, E] cumulative dt within the chunk
-    v: torch.Tensor  # [bb, kk, Q, E] (backward) dy, then dt
+    v: Optional[torch.Tensor]  # [bb, kk, Q, E] (backward) dy, then dt
+    B: torch.Tensor  # [bb, kk, Q, N, 1] the segment's B
+    local: torch.Tensor  # [bb, kk, N, E] each chunk's end state from zero
     H: torch.Tensor  # [bb, kk + 1, N, E] states entering the chunks (and leaving the last)
     t: torch.Tensor  # [E, kk Q] one row transposed back
+    S_j: Tuple[torch.Tensor, ...]  # S, B, G by position; H, P's last row and local by chunk
+    B_j: Tuple[torch.Tensor, ...]
+    G_j: Tuple[torch.Tensor, ...]
+    H_i: Tuple[torch.Tensor, ...]
+    decay_i: Tuple[torch.Tensor, ...]
+    local_i: Tuple[torch.Tensor, ...]
 
 
-def _work(c: _Chunks, backward: bool):
-    """Flat buffers for the largest segment, and a function giving a segment's views of them."""
-    _, e, _, q = c.x.shape
-    n = c.A.shape[1]
-    big = max((b1 - b0) * (k1 - k0) for b0, b1, k0, k1 in c.segments)
-    flat = [c.x.new_empty(big * q * n * e if backward or i < 2 else 0) for i in range(3)]
-    flat += [c.x.new_empty(big * q * e if backward or i < 2 else 0) for i in range(3)]
-    flat.append(c.x.new_empty((big + c.segments[0][1]) * n * e))
-    flat.append(c.x.new_empty(max(k1 - k0 for _, _, k0, k1 in c.segments) * q * e))
+class _Work:
+    """A segment's temporaries: flat buffers for the largest segment, and their views made once
+    per segment shape (making a view costs about as much as a small op)."""
 
-    def views(seg: Segment) -> _Work:
-        b0, b1, k0, k1 = seg
-        bb, kk = b1 - b0, k1 - k0
-        shapes = [(bb, kk, q, n, e)] * 3 + [(bb, kk, q, e)] * 3 + [(bb, kk + 1, n, e), (e, kk * q)]
-        return _Work(*(t[:math.prod(s)].view(s) if t.numel() else None for t, s in zip(flat, shapes)))
-    return views
+    def __init__(self, c: _Chunks, backward: bool):
+        _, self.e, _, self.q = c.x.shape
+        self.n, self.backward = c.A.shape[1], backward
+        big = max((b1 - b0) * (k1 - k0) for b0, b1, k0, k1 in c.segments)
+        full, rows, states = big * self.q * self.n * self.e, big * self.q * self.e, big * self.n * self.e
+        sizes = (full, full, full if backward else 0, rows, rows, rows if backward else 0,
+                 big * self.q * self.n, states, states + c.segments[0][1] * self.n * self.e,
+                 max(k1 - k0 for _, _, k0, k1 in c.segments) * self.q * self.e)
+        self.flat = [c.x.new_empty(s) for s in sizes]
+        self.cache = {}
+
+    def views(self, seg: Segment) -> _Views:
+        bb, kk = seg[1] - seg[0], seg[3] - seg[2]
+        if (bb, kk) not in self.cache:
+            q, n, e = self.q, self.n, self.e
+            shapes = [(bb, kk, q, n, e)] * 3 + [(bb, kk, q, e)] * 3 + [
+                (bb, kk, q, n, 1), (bb, kk, n, e), (bb, kk + 1, n, e), (e, kk * q)]
+            t = [f[:math.prod(s)].view(s) if f.numel() else None for f, s in zip(self.flat, shapes)]
+            P, S, G, _, _, _, B, local, H, _ = t
+            self.cache[bb, kk] = _Views(*t, S.unbind(2), B.unbind(2), G.unbind(2) if self.backward else (),
+                                        H.unbind(1), P[:, :, -1].unbind(1), local.unbind(1))
+        return self.cache[bb, kk]
 
 
-def _segment(c: _Chunks, si: int, w: _Work, start: torch.Tensor) -> torch.Tensor:
+def _segment(c: _Chunks, si: int, w: _Views, start: torch.Tensor) -> None:
     """The states of segment ``si`` into ``w.S`` from the state ``start`` ``[bb, N, E]`` entering
-    it (``w.H``: the states entering its chunks); returns the whole-chunk decays ``[bb, kk, N, E]``."""
+    it (``w.H``: the states entering its chunks)."""
     b0, b1, k0, k1 = seg = c.segments[si]
     fb, (m, v) = c.fallback, _positions(c.fallback, si)
     P, S, H = w.P, w.S, w.H
@@ -207,22 +225,21 @@ def _segment(c: _Chunks, si: int, w: _Work, start: torch.Tensor) -> torch.Tensor
     _rows(c.dt, seg, c.tri, w.cum)
     torch.mul(w.cum[..., None, :], c.A2[b0:b1, None, None], out=P).exp2_()
     torch.div(w.x[..., None, :], P, out=S)
-    S_j, B_j = S.unbind(2), c.B[b0:b1, k0:k1, :, :, None].unbind(2)
+    w.B.copy_(c.B[b0:b1, k0:k1, :, :, None])
+    S_j, B_j = w.S_j, w.B_j
     S_j[0].mul_(B_j[0])
     for j in range(1, len(S_j)):  # one op per position, all chunks of the segment at once
         torch.addcmul(S_j[j - 1], S_j[j], B_j[j], out=S_j[j])
-    decay = P[:, :, -1]  # [bb, kk, N, E] (the reference is the chunk start)
-    local = decay * S[:, :, -1]  # each chunk's end state from zero
+    torch.mul(P[:, :, -1], S_j[-1], out=w.local)  # P's last row: the whole-chunk decay
     if m is not None:  # the last position of a fallback triple is always past the range
-        local.view(-1)[fb.end_at[m]] = fb.local[m, -1]
-    H[:, 0] = start
-    H_i = H.unbind(1)
-    for i, (local_i, decay_i) in enumerate(zip(local.unbind(1), decay.unbind(1))):
+        w.local.view(-1)[fb.end_at[m]] = fb.local[m, -1]
+    H_i = w.H_i
+    H_i[0].copy_(start)
+    for i, (local_i, decay_i) in enumerate(zip(w.local_i, w.decay_i)):
         torch.addcmul(local_i, decay_i, H_i[i], out=H_i[i + 1])
     S.add_(H[:, :-1, None]).mul_(P)
     if v is not None:
         S.view(-1)[fb.at[v]] = torch.addcmul(fb.local_at[v], fb.enter_at[v], H.view(-1)[fb.state_at[v]])
-    return decay
 
 
 def _put(rows: torch.Tensor, out: torch.Tensor, seg: Segment, t: torch.Tensor) -> None:
@@ -234,14 +251,16 @@ def _put(rows: torch.Tensor, out: torch.Tensor, seg: Segment, t: torch.Tensor) -
         out[b0 + i, :, k0:k1].copy_(t.view(out[b0 + i, :, k0:k1].shape))
 
 
-def _forward(c: _Chunks, h0: torch.Tensor) -> Tuple[torch.Tensor, List[torch.Tensor], torch.Tensor]:
-    """Outputs ``[R, E, K, Q]``, the state entering each segment and the final state
-    ``[R, N, E]``, from ``h0`` ``[R, N, E]``."""
-    y, views, starts, state = torch.empty_like(c.x), _work(c, False), [], h0.clone()
+def _forward(c: _Chunks, h0: torch.Tensor, keep: bool
+             ) -> Tuple[torch.Tensor, List[torch.Tensor], torch.Tensor]:
+    """Outputs ``[R, E, K, Q]``, the state entering each segment (if ``keep``, for the backward)
+    and the final state ``[R, N, E]``, from ``h0`` ``[R, N, E]``."""
+    y, work, starts, state = torch.empty_like(c.x), _Work(c, False), [], h0.clone()
     for si, seg in enumerate(c.segments):
         b0, b1, k0, k1 = seg
-        w = views(seg)
-        starts.append(state[b0:b1].clone())
+        w = work.views(seg)
+        if keep:
+            starts.append(state[b0:b1].clone())
         _segment(c, si, w, state[b0:b1])
         state[b0:b1] = w.H[:, -1]
         _put(torch.matmul(c.C[b0:b1, k0:k1, :, None], w.S, out=w.x[..., None, :]), y, seg, w.t)
@@ -256,7 +275,7 @@ def _backward(c: _Chunks, starts: List[torch.Tensor], dy: torch.Tensor, dlast: t
     n = c.A.shape[1]
     dx, ddt = torch.empty_like(c.x), torch.empty_like(c.x)
     dB, dC = c.x.new_empty(r, k, q, n, 1), c.x.new_empty(r, k, q, n, 1)
-    dA, carry, views = c.x.new_zeros(r, n, e), dlast.clone(), _work(c, True)
+    dA, carry, work = c.x.new_zeros(r, n, e), dlast.clone(), _Work(c, True)
     fb = c.fallback
     if fb is not None:  # dL/dh of the fallback triples from a zero carry: the reversed recurrence
         c_dy = dy[fb.row, fb.channel, fb.chunk] * c.C[fb.row, fb.chunk, :, fb.state]  # [M, Q]
@@ -269,32 +288,29 @@ def _backward(c: _Chunks, starts: List[torch.Tensor], dy: torch.Tensor, dlast: t
         fb_exit_bad = torch.exp2(fb.a * (fb.cum[:, -1:] - fb.cum))[fb.bad]  # decay to the chunk end
     for si in range(len(c.segments) - 1, -1, -1):
         b0, b1, k0, k1 = seg = c.segments[si]
-        w = views(seg)
-        P, G, H = w.P, w.G, w.H
-        decay = _segment(c, si, w, starts[si])
+        w = work.views(seg)
+        P, G, H, G_j, H_i = w.P, w.G, w.H, w.G_j, w.H_i
+        _segment(c, si, w, starts[si])
         h, m, v = w.S, *_positions(fb, si)
         # dL/dh = (R + P_end carry) / P with R the reversed running sum of P C dy
         dy_s = _rows(dy, seg, c.eye, w.v)
         torch.mul(dy_s[..., None, :], c.C[b0:b1, k0:k1, :, :, None], out=G).mul_(P)
-        G_j = G.unbind(2)
         for j in range(q - 2, -1, -1):
             G_j[j].add_(G_j[j + 1])
         torch.matmul(h, dy_s[..., None], out=dC[b0:b1, k0:k1])
-        back = G[:, :, 0].clone()  # [bb, kk, N, E] what each chunk passes to the one before
+        w.local.copy_(G_j[0])  # what each chunk passes to the one before
         if m is not None:
-            back.view(-1)[fb.end_at[m]] = fb.step[m, 0] * fb_g[m, 0]
-        H[:, -1] = carry[b0:b1]  # H now holds the gradients flowing into each chunk from the right
-        H_i = H.unbind(1)
+            w.local.view(-1)[fb.end_at[m]] = fb.step[m, 0] * fb_g[m, 0]
+        H_i[-1].copy_(carry[b0:b1])  # H now holds the gradients flowing into each chunk from the right
         for i in range(k1 - k0 - 1, -1, -1):
-            torch.addcmul(back[:, i], decay[:, i], H_i[i + 1], out=H_i[i])
+            torch.addcmul(w.local_i[i], w.decay_i[i], H_i[i + 1], out=H_i[i])
         carry[b0:b1] = H_i[0]
         G.addcmul_(P[:, :, -1:], H[:, 1:, None]).div_(P)
         if v is not None:
             G.view(-1)[fb.at[v]] = torch.addcmul(fb_g_bad[v], fb_exit_bad[v], H.view(-1)[fb.state_at[v] + n * e])
-        B_s = c.B[b0:b1, k0:k1]
-        _put(torch.matmul(B_s[:, :, :, None], G, out=w.cum[..., None, :]), dx, seg, w.t)
+        _put(torch.matmul(w.B.transpose(-1, -2), G, out=w.cum[..., None, :]), dx, seg, w.t)
         torch.matmul(G, w.x[..., None], out=dB[b0:b1, k0:k1])
-        da = h.addcmul_(w.x[:, :, :, None], B_s[..., None], value=-1).mul_(G)  # dL/d(dt A)
+        da = h.addcmul_(w.x[:, :, :, None], w.B, value=-1).mul_(G)  # dL/d(dt A)
         dt_s = _rows(c.dt, seg, c.eye, w.v)
         dA[b0:b1] += torch.mul(da, dt_s[..., None, :], out=P).sum((1, 2))
         _put(torch.sum(da.mul_(c.A[b0:b1, None, None]), 3, out=w.v), ddt, seg, w.t)
@@ -310,7 +326,7 @@ class _ChunkedScan(torch.autograd.Function):
         g, n = B.shape[1], B.shape[2]
         c = _prepare(x, dt, A, B, C, q)
         h0_ = x.new_zeros(b * g, n, d // g) if h0 is None else rearrange(h0, "b (g e) n -> (b g) n e", g=g)
-        y, starts, last = _forward(c, h0_)
+        y, starts, last = _forward(c, h0_, any(ctx.needs_input_grad))
         ctx.c, ctx.starts, ctx.dims, ctx.has_h0 = c, starts, (b, g, l), h0 is not None
         return y.view(b, d, -1)[..., :l], rearrange(last, "(b g) n e -> b (g e) n", b=b).contiguous()
 
