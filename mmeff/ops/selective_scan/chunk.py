@@ -79,12 +79,12 @@ class _Fallback(NamedTuple):
 
 class _Chunks(NamedTuple):
     """The inputs split into rows (batch x group) and chunks; E = channels per group."""
-    x: torch.Tensor  # [R, E, K, Q] (the input's own layout)
-    dt: torch.Tensor  # [R, E, K, Q]
-    A: torch.Tensor  # [R, N, E]
-    A2: torch.Tensor  # [R, N, E] A / ln 2
-    B: torch.Tensor  # [R, K, Q, N]
-    C: torch.Tensor  # [R, K, Q, N]
+    x: torch.Tensor  # [R, K, Q, E] (a view of the input's own layout [R, E, K, Q])
+    dt: torch.Tensor  # [R, K, Q, E] (the same)
+    A: torch.Tensor  # [R, 1, 1, N, E]
+    A2: torch.Tensor  # [R, 1, 1, N, E] A / ln 2
+    B: torch.Tensor  # [R, K, Q, N, 1]
+    C: torch.Tensor  # [R, K, Q, 1, N]
     eye: torch.Tensor  # [Q, Q]
     tri: torch.Tensor  # [Q, Q] ones on and below the diagonal
     segments: List[Segment]
@@ -109,7 +109,9 @@ def _prepare(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor
     A2 = A_ * LOG2E
     eye = torch.eye(q, dtype=x.dtype, device=x.device)
     segments = _segments(r, k, q * n * e, SEGMENT_SIZE)
-    return _Chunks(x, dt, A_, A2, B_, C_, eye, torch.ones_like(eye).tril_(), segments,
+    rows = "r e k q -> r k q e"
+    return _Chunks(rearrange(x, rows), rearrange(dt, rows), A_[:, None, None], A2[:, None, None],
+                   B_[..., None], C_[:, :, :, None], eye, torch.ones_like(eye).tril_(), segments,
                    _fallback(A_, A2, x, dt, B4, segments))
 
 
@@ -161,10 +163,11 @@ def _positions(fb: Optional[_Fallback], si: int) -> Tuple[Optional[slice], Optio
 
 
 def _rows(t: torch.Tensor, seg: Segment, mat: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    """``mat @ t`` over each chunk of a segment of ``t`` ``[R, E, K, Q]``, into ``out``
-    ``[bb, kk, Q, E]``: the matmul transposes on the way (faster than a copy)."""
+    """``mat @ t`` over each chunk of a segment of ``t`` (``[R, K, Q, E]``, a view of the
+    ``[R, E, K, Q]`` layout), into ``out`` ``[bb, kk, Q, E]``: the matmul transposes on the way,
+    faster than a copy."""
     b0, b1, k0, k1 = seg
-    return torch.matmul(mat, t[b0:b1, :, k0:k1].permute(0, 2, 3, 1), out=out)
+    return torch.matmul(mat, t[b0:b1, k0:k1], out=out)
 
 
 class _Views(NamedTuple):
@@ -179,6 +182,11 @@ class _Views(NamedTuple):
     local: torch.Tensor  # [bb, kk, N, E] each chunk's end state from zero
     H: torch.Tensor  # [bb, kk + 1, N, E] states entering the chunks (and leaving the last)
     t: torch.Tensor  # [E, kk Q] one row transposed back
+    x5: torch.Tensor  # x, cum, v as [bb, kk, Q, 1, E]
+    cum5: torch.Tensor
+    v5: Optional[torch.Tensor]
+    decay: torch.Tensor  # [bb, kk, N, E] P's last row: the whole-chunk decays
+    enter: torch.Tensor  # [bb, kk, 1, N, E] H's states entering the chunks
     S_j: Tuple[torch.Tensor, ...]  # S, B, G by position; H, P's last row and local by chunk
     B_j: Tuple[torch.Tensor, ...]
     G_j: Tuple[torch.Tensor, ...]
@@ -192,8 +200,8 @@ class _Work:
     per segment shape (making a view costs about as much as a small op)."""
 
     def __init__(self, c: _Chunks, backward: bool):
-        _, self.e, _, self.q = c.x.shape
-        self.n, self.backward = c.A.shape[1], backward
+        _, _, self.q, self.e = c.x.shape
+        self.n, self.backward = c.A.shape[3], backward
         big = max((b1 - b0) * (k1 - k0) for b0, b1, k0, k1 in c.segments)
         full, rows, states = big * self.q * self.n * self.e, big * self.q * self.e, big * self.n * self.e
         sizes = (full, full, full if backward else 0, rows, rows, rows if backward else 0,
@@ -209,9 +217,11 @@ class _Work:
             shapes = [(bb, kk, q, n, e)] * 3 + [(bb, kk, q, e)] * 3 + [
                 (bb, kk, q, n, 1), (bb, kk, n, e), (bb, kk + 1, n, e), (e, kk * q)]
             t = [f[:math.prod(s)].view(s) if f.numel() else None for f, s in zip(self.flat, shapes)]
-            P, S, G, _, _, _, B, local, H, _ = t
-            self.cache[bb, kk] = _Views(*t, S.unbind(2), B.unbind(2), G.unbind(2) if self.backward else (),
-                                        H.unbind(1), P[:, :, -1].unbind(1), local.unbind(1))
+            P, S, G, x, cum, v, B, local, H, _ = t
+            five = [None if u is None else u[..., None, :] for u in (x, cum, v)]
+            self.cache[bb, kk] = _Views(*t, *five, P[:, :, -1], H[:, :-1, None], S.unbind(2), B.unbind(2),
+                                        G.unbind(2) if self.backward else (), H.unbind(1),
+                                        P[:, :, -1].unbind(1), local.unbind(1))
         return self.cache[bb, kk]
 
 
@@ -223,21 +233,21 @@ def _segment(c: _Chunks, si: int, w: _Views, start: torch.Tensor) -> None:
     P, S, H = w.P, w.S, w.H
     _rows(c.x, seg, c.eye, w.x)
     _rows(c.dt, seg, c.tri, w.cum)
-    torch.mul(w.cum[..., None, :], c.A2[b0:b1, None, None], out=P).exp2_()
-    torch.div(w.x[..., None, :], P, out=S)
-    w.B.copy_(c.B[b0:b1, k0:k1, :, :, None])
+    torch.mul(w.cum5, c.A2[b0:b1], out=P).exp2_()
+    torch.div(w.x5, P, out=S)
+    w.B.copy_(c.B[b0:b1, k0:k1])
     S_j, B_j = w.S_j, w.B_j
     S_j[0].mul_(B_j[0])
     for j in range(1, len(S_j)):  # one op per position, all chunks of the segment at once
         torch.addcmul(S_j[j - 1], S_j[j], B_j[j], out=S_j[j])
-    torch.mul(P[:, :, -1], S_j[-1], out=w.local)  # P's last row: the whole-chunk decay
+    torch.mul(w.decay, S_j[-1], out=w.local)
     if m is not None:  # the last position of a fallback triple is always past the range
         w.local.view(-1)[fb.end_at[m]] = fb.local[m, -1]
     H_i = w.H_i
     H_i[0].copy_(start)
     for i, (local_i, decay_i) in enumerate(zip(w.local_i, w.decay_i)):
         torch.addcmul(local_i, decay_i, H_i[i], out=H_i[i + 1])
-    S.add_(H[:, :-1, None]).mul_(P)
+    S.add_(w.enter).mul_(P)
     if v is not None:
         S.view(-1)[fb.at[v]] = torch.addcmul(fb.local_at[v], fb.enter_at[v], H.view(-1)[fb.state_at[v]])
 
@@ -255,7 +265,8 @@ def _forward(c: _Chunks, h0: torch.Tensor, keep: bool
              ) -> Tuple[torch.Tensor, List[torch.Tensor], torch.Tensor]:
     """Outputs ``[R, E, K, Q]``, the state entering each segment (if ``keep``, for the backward)
     and the final state ``[R, N, E]``, from ``h0`` ``[R, N, E]``."""
-    y, work, starts, state = torch.empty_like(c.x), _Work(c, False), [], h0.clone()
+    r, k, q, e = c.x.shape
+    y, work, starts, state = c.x.new_empty(r, e, k, q), _Work(c, False), [], h0.clone()
     for si, seg in enumerate(c.segments):
         b0, b1, k0, k1 = seg
         w = work.views(seg)
@@ -263,7 +274,7 @@ def _forward(c: _Chunks, h0: torch.Tensor, keep: bool
             starts.append(state[b0:b1].clone())
         _segment(c, si, w, state[b0:b1])
         state[b0:b1] = w.H[:, -1]
-        _put(torch.matmul(c.C[b0:b1, k0:k1, :, None], w.S, out=w.x[..., None, :]), y, seg, w.t)
+        _put(torch.matmul(c.C[b0:b1, k0:k1], w.S, out=w.x5), y, seg, w.t)
     return y, starts, state
 
 
@@ -271,14 +282,14 @@ def _backward(c: _Chunks, starts: List[torch.Tensor], dy: torch.Tensor, dlast: t
     """Gradients of ``(x, dt, A, B, C, h0)``: ``dx``, ``d dt`` ``[R, E, K, Q]``, ``dA``
     ``[R, N, E]``, ``dB``, ``dC`` ``[R, K, Q, N]`` and ``dh0`` ``[R, N, E]``, from ``dy``
     ``[R, E, K, Q]`` and the final state's gradient ``dlast`` ``[R, N, E]``."""
-    r, e, k, q = c.x.shape
-    n = c.A.shape[1]
-    dx, ddt = torch.empty_like(c.x), torch.empty_like(c.x)
+    r, k, q, e = c.x.shape
+    n = c.A.shape[3]
+    dx, ddt = c.x.new_empty(r, e, k, q), c.x.new_empty(r, e, k, q)
     dB, dC = c.x.new_empty(r, k, q, 1, n), c.x.new_empty(r, k, q, 1, n)
     dA, carry, work = c.x.new_zeros(r, n, e), dlast.clone(), _Work(c, True)
     fb = c.fallback
     if fb is not None:  # dL/dh of the fallback triples from a zero carry: the reversed recurrence
-        c_dy = dy[fb.row, fb.channel, fb.chunk] * c.C[fb.row, fb.chunk, :, fb.state]  # [M, Q]
+        c_dy = dy[fb.row, fb.chunk, :, fb.channel] * c.C[fb.row, fb.chunk, :, 0, fb.state]  # [M, Q]
         g, fb_g = c_dy[:, -1], [c_dy[:, -1]]
         for j in range(q - 2, -1, -1):
             g = torch.addcmul(c_dy[:, j], fb.step[:, j + 1], g)
@@ -293,11 +304,11 @@ def _backward(c: _Chunks, starts: List[torch.Tensor], dy: torch.Tensor, dlast: t
         _segment(c, si, w, starts[si])
         h, m, v = w.S, *_positions(fb, si)
         # dL/dh = (R + P_end carry) / P with R the reversed running sum of P C dy
-        dy_s = _rows(dy, seg, c.eye, w.v)
-        torch.mul(dy_s[..., None, :], c.C[b0:b1, k0:k1, :, :, None], out=G).mul_(P)
+        _rows(dy, seg, c.eye, w.v)
+        torch.mul(w.v5, c.C[b0:b1, k0:k1].transpose(-1, -2), out=G).mul_(P)
         for j in range(q - 2, -1, -1):
             G_j[j].add_(G_j[j + 1])
-        torch.matmul(dy_s[..., None, :], h.transpose(-1, -2), out=dC[b0:b1, k0:k1])  # (row @ h^T: fast)
+        torch.matmul(w.v5, h.transpose(-1, -2), out=dC[b0:b1, k0:k1])  # (row @ h^T: fast)
         w.local.copy_(G_j[0])  # what each chunk passes to the one before
         if m is not None:
             w.local.view(-1)[fb.end_at[m]] = fb.step[m, 0] * fb_g[m, 0]
@@ -305,15 +316,15 @@ def _backward(c: _Chunks, starts: List[torch.Tensor], dy: torch.Tensor, dlast: t
         for i in range(k1 - k0 - 1, -1, -1):
             torch.addcmul(w.local_i[i], w.decay_i[i], H_i[i + 1], out=H_i[i])
         carry[b0:b1] = H_i[0]
-        G.addcmul_(P[:, :, -1:], H[:, 1:, None]).div_(P)
+        G.addcmul_(w.decay[:, :, None], H[:, 1:, None]).div_(P)
         if v is not None:
             G.view(-1)[fb.at[v]] = torch.addcmul(fb_g_bad[v], fb_exit_bad[v], H.view(-1)[fb.state_at[v] + n * e])
-        _put(torch.matmul(w.B.transpose(-1, -2), G, out=w.cum[..., None, :]), dx, seg, w.t)
-        torch.matmul(w.x[..., None, :], G.transpose(-1, -2), out=dB[b0:b1, k0:k1])
-        da = h.addcmul_(w.x[:, :, :, None], w.B, value=-1).mul_(G)  # dL/d(dt A)
-        dt_s = _rows(c.dt, seg, c.eye, w.v)
-        dA[b0:b1] += torch.mul(da, dt_s[..., None, :], out=P).sum((1, 2))
-        _put(torch.sum(da.mul_(c.A[b0:b1, None, None]), 3, out=w.v), ddt, seg, w.t)
+        _put(torch.matmul(w.B.transpose(-1, -2), G, out=w.cum5), dx, seg, w.t)
+        torch.matmul(w.x5, G.transpose(-1, -2), out=dB[b0:b1, k0:k1])
+        da = h.addcmul_(w.x5, w.B, value=-1).mul_(G)  # dL/d(dt A)
+        _rows(c.dt, seg, c.eye, w.v)
+        dA[b0:b1] += torch.mul(da, w.v5, out=P).sum((1, 2))
+        _put(torch.sum(da.mul_(c.A[b0:b1]), 3, out=w.v), ddt, seg, w.t)
     return dx, ddt, dA, dB.squeeze(3), dC.squeeze(3), carry
 
 
@@ -333,8 +344,8 @@ class _ChunkedScan(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy, dlast):
         c, (b, g, l) = ctx.c, ctx.dims
-        r, e, k, q = c.x.shape
-        dy = _pad(dy.float(), q).reshape(r, e, k, q)
+        r, k, q, e = c.x.shape
+        dy = rearrange(_pad(dy.float(), q).reshape(r, e, k, q), "r e k q -> r k q e")
         dlast = rearrange(dlast.float(), "b (g e) n -> (b g) n e", g=g)
         dx, ddt, dA, dB, dC, dh0 = _backward(c, ctx.starts, dy, dlast)
         dA = rearrange(dA.view(b, g, *dA.shape[1:]).sum(0), "g n e -> (g e) n")
