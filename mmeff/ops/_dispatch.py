@@ -71,10 +71,14 @@ def choose(op: str, device: torch.device) -> Tuple[str, str]:
 
 
 def dispatch(op: str, device: torch.device) -> Callable:
-    """The implementation of ``op`` for ``device``; announces the choice once per (op, device, path)."""
+    """The implementation of ``op`` for ``device``; announces the choice once per (op, device, path).
+
+    Not while ``torch.compile`` traces (a log call there would split the graph): compiled code
+    runs the same choice, announced by the first eager call.
+    """
     backend, reason = choose(op, device)
     key = (op, device.type, backend)
-    if key not in _ANNOUNCED:
+    if key not in _ANNOUNCED and not torch.compiler.is_compiling():
         _ANNOUNCED.add(key)
         logger.warning("mmeff.ops.%s on %s: using %s path (%s)", op, device.type, backend, reason)
     _LAST[op] = backend
