@@ -17,14 +17,19 @@ later tokens, not even in rounding; nothing grows with the sequence length eithe
 are within-chunk sums only.
 
 The chunks are visited in segments of about ``SEGMENT_SIZE`` elements per ``[Q, N, E]``-sized
-temporary so that the temporaries stay in cache; the states entering the chunks of a segment
-follow from a loop over its chunks (``H' = 2^(A2 D_Q) H + local end state``).  Long inputs therefore
-cost one pass over memory, and the ``[B, D, L, N]`` states are never held.
+temporary so that the temporaries stay in cache (measured: 2^19 beats 2^18 and 2^20 on 2 threads);
+the states entering the chunks of a segment follow from a loop over its chunks
+(``H' = 2^(A2 D_Q) H + local end state``).  Each segment's inputs are brought to the
+channel-innermost layout by the chunk matmuls themselves and its outputs written back in the
+input's layout, so no full-size temporary exists: long inputs cost one pass over memory, and the
+``[B, D, L, N]`` states are never held.  Every op runs on all chunks of a segment at once; what
+costs is the number of passes over the ``[Q, N, E]`` tensors (seven) and the ``exp2``.
 
-The backward pass (:class:`_ChunkedScan`) is written out rather than taken from autograd: it runs
-the segments right to left, recomputes the states, gets ``g = dL/dh`` from the same closed form on
-the reversed recurrence ``g_t = C_t dy_t + exp(dt_{t+1} A) g_{t+1}``, and reads every gradient from
-``g`` and ``h``: ``dx = sum_n g B``, ``dB = sum_e g x``, ``dC = sum_e h dy`` and, with
+The backward pass (:class:`_ChunkedScan`) is written out rather than taken from autograd: from the
+state entering each segment (kept by the forward) it runs the segments right to left, recomputes
+the states, gets ``g = dL/dh`` from the same closed form on the reversed recurrence
+``g_t = C_t dy_t + exp(dt_{t+1} A) g_{t+1}``, and reads every gradient from ``g`` and ``h``:
+``dx = sum_n g B``, ``dB = sum_e g x``, ``dC = sum_e h dy`` and, with
 ``da = g (h - x B)`` the gradient of the log-decay ``a = dt A``, ``d dt = sum_n da A`` and
 ``dA = sum_t da dt``.
 """
@@ -317,8 +322,9 @@ def _backward(c: _Chunks, starts: List[torch.Tensor], dy: torch.Tensor, dlast: t
             torch.addcmul(w.local_i[i], w.decay_i[i], H_i[i + 1], out=H_i[i])
         carry[b0:b1] = H_i[0]
         G.addcmul_(w.decay[:, :, None], H[:, 1:, None]).div_(P)
-        if v is not None:
-            G.view(-1)[fb.at[v]] = torch.addcmul(fb_g_bad[v], fb_exit_bad[v], H.view(-1)[fb.state_at[v] + n * e])
+        if v is not None:  # the state after a chunk sits one chunk (N E) after the one entering it
+            after = H.view(-1)[fb.state_at[v] + n * e]
+            G.view(-1)[fb.at[v]] = torch.addcmul(fb_g_bad[v], fb_exit_bad[v], after)
         _put(torch.matmul(w.B.transpose(-1, -2), G, out=w.cum5), dx, seg, w.t)
         torch.matmul(w.x5, G.transpose(-1, -2), out=dB[b0:b1, k0:k1])
         da = h.addcmul_(w.x5, w.B, value=-1).mul_(G)  # dL/d(dt A)
