@@ -8,6 +8,7 @@ import mmeff.ops
 from mmeff.ops import force_backend, last_backend, mamba_chunk_scan_combined, selective_scan_fn
 from mmeff.ops.selective_scan import selective_scan_ref
 from mmeff.ops.selective_scan import chunk as s6_chunk
+from mmeff.ops.selective_scan._common import run_selective_scan
 from mmeff.ops.selective_scan.chunk import chunked_selective_scan
 from mmeff.ops.ssd import ssd_naive
 from mmeff.ops.ssd._common import run_ssd
@@ -45,6 +46,18 @@ def test_selective_scan_matches_naive(T, groups, strong):
     assert_close("out", out[0], ref[0], TOL)
     assert_close("last_state", out[1], ref[1], TOL)
     assert_grads_close("grad", grads(out, list(kw.values())), grads(ref, list(kw.values())), TOL, names)
+
+
+@pytest.mark.parametrize("T,groups,strong", [(1, None, False), (75, None, False), (500, 2, True)])
+def test_selective_scan_gpu_core_matches_naive(T, groups, strong):
+    """The GPU's core (sqrt(L) chunks advanced position by position), run here on CPU."""
+    kw = _s6_inputs(2, 12, 5, T, groups, strong)
+    ref = selective_scan_ref(**kw, delta_softplus=True, return_last_state=True)
+    out = run_selective_scan(s6_chunk.sweep_core, **kw, delta_softplus=True, return_last_state=True)
+    assert_close("out", out[0], ref[0], TOL)
+    assert_close("last_state", out[1], ref[1], TOL)
+    leaves = list(kw.values())
+    assert_grads_close("grad", grads(out, leaves), grads(ref, leaves), TOL, list(kw))
 
 
 def test_selective_scan_odd_width_no_options():
