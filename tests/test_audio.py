@@ -41,6 +41,14 @@ def test_frontend_streaming_equals_offline(features):
         assert state["wave"].shape[1] == fe.win - fe.hop + 4000 % 160
 
 
+def test_logmel_equals_torchaudio_transform():
+    """The log-mel is torchaudio's MelSpectrogram (its window and filterbank), computed traceably."""
+    fe = AudioFrontend(features="logmel", n_mels=40, norm_mean=0.0, norm_std=1.0).eval()
+    x = torch.nn.functional.pad(_wave(samples=4000), (fe.win - fe.hop, 0))
+    ref = torch.log(fe.mel(x) + 1e-6).transpose(1, 2)
+    assert_close("logmel", fe(_wave(samples=4000)), ref, 1e-6)
+
+
 def test_frontend_normalisation_and_spec_augment():
     fe = AudioFrontend(n_mels=40, freq_mask=8, time_mask=5)
     x = _wave(samples=4000)
@@ -89,17 +97,24 @@ def test_stream_step_equals_offline(name):
 
 
 def test_compiled_step_equals_eager():
-    """``compile_step`` (torch.compile of the blocks) gives the eager outputs and states, chunk after
-    chunk, and a chunk of another length (another compiled graph) too."""
+    """``compile_step`` (torch.compile of the whole step) gives the eager outputs and states, chunk
+    after chunk: repeated input layouts (taken without Dynamo's guard checks), a chunk of another
+    length (another graph) and a restored state of another memory layout."""
     model = mmeff.create_model("stream_mamba2_test", num_classes=4, depth=1).eval()
-    x = _wave(batch=1, samples=5 * TOKEN)
+    x = _wave(batch=2, samples=14 * TOKEN)
+    splits = [4 * TOKEN] * 3 + [TOKEN]
     with torch.no_grad():
-        y_eager, s_eager = run_in_chunks(model.step, x, model.init_state(1), [2 * TOKEN] * 2 + [TOKEN])
+        y_eager, s_eager = run_in_chunks(model.step, x[:, :13 * TOKEN], model.init_state(2), splits)
         assert model.compile_step() is model
-        y, s = run_in_chunks(model.step, x, model.init_state(1), [2 * TOKEN] * 2 + [TOKEN])
-    assert_close("compiled step", y, y_eager, 1e-5)
-    for k in s_eager:
-        assert_close(f"state {k}", s[k].float(), s_eager[k].float(), 1e-5)
+        y, s = run_in_chunks(model.step, x[:, :13 * TOKEN], model.init_state(2), splits)
+        assert len(model._compiled_for) < len(splits)         # a signature was met again
+        assert_close("compiled step", y, y_eager, 1e-5)
+        for k in s_eager:
+            assert_close(f"state {k}", s[k].float(), s_eager[k].float(), 1e-5)
+        restored = {k: v.clone() for k, v in s.items()}      # contiguous: another layout than s
+        tail, _ = model.step(x[:, 13 * TOKEN:], restored)
+        ref, _ = model._step(x[:, 13 * TOKEN:], s_eager)
+        assert_close("restored", tail, ref, 1e-5)
 
 
 def test_stream_lookahead_and_frame_logits():

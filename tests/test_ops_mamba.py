@@ -13,7 +13,7 @@ from mmeff.ops.selective_scan.chunk import chunked_selective_scan
 from mmeff.ops.ssd import ssd_naive
 from mmeff.ops.ssd._common import run_ssd
 from mmeff.ops._chunks import pass_states
-from mmeff.ops.ssd.chunk import chunk_core, chunked_ssd
+from mmeff.ops.ssd.chunk import chunk_core, chunked_ssd, short_core
 from mmeff.testing import AWKWARD_D, AWKWARD_T, assert_close, assert_grads_close, grads
 
 TOL = 5e-3
@@ -223,6 +223,20 @@ def test_ssd_matches_naive(T, g, strong, D_per_channel):
     assert_close("y", out[0], ref[0], TOL)
     assert_close("final_states", out[1], ref[1], TOL)
     assert_grads_close("grad", grads(out, list(kw.values())), grads(ref, list(kw.values())), TOL, names)
+
+
+@pytest.mark.parametrize("T,g,strong,h0", [(1, 1, False, True), (3, 2, True, True), (8, 1, False, False)])
+def test_ssd_short_core_matches_naive(T, g, strong, h0):
+    """The one-chunk broadcast form that compiled streaming steps use, outputs and gradients."""
+    kw = _ssd_inputs(2, T, 4, 6, 5, g, strong, D_per_channel=True)
+    if not h0:
+        kw.pop("initial_states")
+    ins = list(kw.values())
+    ref = ssd_naive(**kw, chunk_size=16, dt_softplus=True, return_final_states=True)
+    out = run_ssd(short_core, **kw, chunk_size=16, dt_softplus=True, return_final_states=True)
+    assert_close("y", out[0], ref[0], TOL)
+    assert_close("final_states", out[1], ref[1], TOL)
+    assert_grads_close("grad", grads(out, ins), grads(ref, ins), TOL, list(kw))
 
 
 @pytest.mark.parametrize("p", AWKWARD_D)

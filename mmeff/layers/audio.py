@@ -8,8 +8,10 @@ samples of an unfinished frame), and the features of a stream fed chunk by chunk
 the whole waveform (every frame sees the same samples and the transforms are per frame).
 
 Features:
-- ``'logmel'``: ``log(mel power + 1e-6)`` with ``torchaudio.transforms.MelSpectrogram``
-  (batched; the fast default for streaming).
+- ``'logmel'``: ``log(mel power + 1e-6)`` with the window and filterbank of
+  ``torchaudio.transforms.MelSpectrogram``, applied as ``torch.stft`` and one matmul (batched; the
+  fast default for streaming; the same values as the transform, and traceable by
+  ``torch.compile`` in one graph, which the transform is not).
 - ``'fbank'``: ``torchaudio.compliance.kaldi.fbank`` as AST uses it (Hanning window, HTK mel,
   no dither; https://arxiv.org/abs/2104.01778).
 
@@ -99,7 +101,9 @@ class AudioFrontend(nn.Module):
         with torch.autocast(x.device.type, enabled=False):
             x = x.float()
             if self.features == "logmel":
-                return torch.log(self.mel(x) + 1e-6).transpose(1, 2)
+                spec = torch.stft(x, self.win, self.hop, self.win, self.mel.spectrogram.window,
+                                  center=False, return_complex=True).abs().pow(2)  # [B, F, T]
+                return torch.log(spec.transpose(1, 2) @ self.mel.mel_scale.fb + 1e-6)
             return torch.stack([kaldi.fbank(
                 w[None], num_mel_bins=self.n_mels, frame_length=self.win_ms, frame_shift=self.hop_ms,
                 sample_frequency=self.sample_rate, dither=0.0, window_type="hanning",

@@ -13,7 +13,7 @@ from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange
+from einops import rearrange, repeat
 
 from .._chunks import pass_states, segsum, use_matmul
 from .._dispatch import dispatch, register_impl
@@ -60,6 +60,32 @@ def chunk_core(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tens
     return y, rearrange(entering[:, :, :, -1], "b g e p n -> b (g e) p n")
 
 
+def short_core(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+               h0: Optional[torch.Tensor], chunk_size: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """A few tokens as one chunk, in broadcast products and sums rather than matmuls: the form
+    ``torch.compile`` turns into a couple of fused loops (no ``[L, P, N]`` temporary is kept, no
+    per-token state is stored), for compiled streaming and decoding steps.  Eagerly those
+    products would be materialised, so the eager path keeps the token loop.
+
+    ``y_t = sum_{s<=t} exp(a_s+1 + .. + a_t) (C_t . B_s) dt_s x_s + exp(a_1 + .. + a_t) h0 C_t`` and
+    ``h_L = exp(a_1 + .. + a_L) h0 + sum_s exp(a_s+1 + .. + a_L) dt_s x_s B_s^T`` (``a = dt A``).
+    """
+    b, l, h, p = x.shape
+    B, C = (repeat(t, "b l g n -> b l (g e) n", e=h // t.shape[2]) for t in (B, C))  # [B, L, H, N]
+    a = dt * A                                                   # [B, L, H] log-decays
+    a_cum = a.cumsum(1)
+    xdt = x * dt[..., None]                                      # [B, L, H, P]
+    L = torch.exp(segsum(a.transpose(1, 2))).permute(0, 2, 3, 1)  # [B, T, S, H]
+    w = L * (C[:, :, None] * B[:, None]).sum(-1)                 # [B, T, S, H]
+    y = (w[..., None] * xdt[:, None]).sum(2)                     # [B, T, H, P]
+    to_end = torch.exp(a_cum[:, -1:] - a_cum)[..., None] * xdt   # [B, L, H, P]
+    state = (to_end[..., None] * B[:, :, :, None, :]).sum(1)     # [B, H, P, N]
+    if h0 is not None:
+        y = y + torch.exp(a_cum)[..., None] * (h0[:, None] * C[:, :, :, None, :]).sum(-1)
+        state = state + torch.exp(a_cum[:, -1])[..., None, None] * h0
+    return y, state
+
+
 @register_impl("mamba_chunk_scan_combined", "chunk")
 def chunked_ssd(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
                 chunk_size: int, D: Optional[torch.Tensor] = None, z: Optional[torch.Tensor] = None,
@@ -71,11 +97,16 @@ def chunked_ssd(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Ten
     On CPU the chunk is capped at :data:`CPU_CHUNK_SIZE` tokens: the intra-chunk work grows with
     the chunk while the loop over chunks is cheap there (at L=4096, 64 runs ~3x faster than 256).
     Sequences of at most :data:`RECURRENT_MAX_LEN` tokens (streaming and decoding steps) take the
-    token recurrence, which is fewer operations there (fla's layers switch likewise).
+    token recurrence, which is fewer operations there (fla's layers switch likewise), or, while
+    ``torch.compile`` traces, :func:`short_core` (the same in fused loops: a compiled streaming
+    step of ``stream_mamba2_tiny`` with 4 tokens per chunk runs ~15% faster).
     """
     if x.device.type == "cpu":
         chunk_size = min(chunk_size, CPU_CHUNK_SIZE)
-    core = naive_core if x.shape[1] <= RECURRENT_MAX_LEN else chunk_core
+    if x.shape[1] > RECURRENT_MAX_LEN:
+        core = chunk_core
+    else:
+        core = short_core if torch.compiler.is_compiling() else naive_core
     return run_ssd(core, x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states,
                    dt_softplus, return_final_states, reverse)
 
