@@ -29,6 +29,7 @@ config): ``forward`` then returns ``[B, T, C]`` instead of clip logits.
 """
 from __future__ import annotations
 
+import warnings
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import torch
@@ -294,7 +295,11 @@ class StreamingAudioEncoder(nn.Module):
             # Dynamo's guards (~0.4 ms a step, a tenth of a compiled step)
             with torch.compiler.set_stance(skip_guard_eval_unsafe=True):
                 return self._compiled_step(chunk, state)
-        out = self._compiled_step(chunk, state)  # guarded as usual; compiles a new graph if needed
+        with warnings.catch_warnings():  # guarded as usual; compiles a new graph if needed
+            # the front end's FFT stays an ATen call inside the graph (as fast as eager), which
+            # inductor reports as "complex operators not supported"
+            warnings.filterwarnings("ignore", message="Torchinductor does not support code generation for complex")
+            out = self._compiled_step(chunk, state)
         self._compiled_for.add(key)
         return out
 
@@ -333,8 +338,15 @@ class StreamingAudioEncoder(nn.Module):
         steps with inputs of the same shapes, strides, dtypes and modes take it without Dynamo's
         guard checks.  Call again after changing the model's modules, dtype or device.  Needs a C++
         compiler on CPU (inductor).  Returns ``self``.
+
+        ``compile_kwargs`` go to ``torch.compile`` (default ``dynamic=False`` and, unless ``mode`` or
+        ``options`` is given, ``options={"cpp_wrapper": True}``: the graph's kernels are called
+        from C++, ~7% faster per step on CPU, measured; compiling takes longer).
         """
-        self._compiled_step = torch.compile(self._step, **{"dynamic": False, **compile_kwargs})
+        defaults = {"dynamic": False}
+        if "mode" not in compile_kwargs and "options" not in compile_kwargs:
+            defaults["options"] = {"cpp_wrapper": True}
+        self._compiled_step = torch.compile(self._step, **{**defaults, **compile_kwargs})
         self._compiled_for = set()
         return self
 
