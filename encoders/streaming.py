@@ -304,9 +304,11 @@ class StreamingAudioEncoder(nn.Module):
         return out
 
     def _signature(self, chunk: torch.Tensor, state: State) -> tuple:
-        """What a compiled step depends on: every input tensor's shape, strides, dtype and device,
-        the state's keys, the grad / inference modes, train / eval, the weights' dtype."""
-        meta = tuple((t.shape, t.stride(), t.dtype, t.device) for t in (chunk, *state.values()))
+        """What a compiled step depends on: every input tensor's shape, strides, dtype, device,
+        ``requires_grad`` and inference-ness (what Dynamo's tensor guards check), the state's keys,
+        the grad / inference modes, train / eval and the weights' dtype."""
+        meta = tuple((t.shape, t.stride(), t.dtype, t.device, t.requires_grad, t.is_inference())
+                     for t in (chunk, *state.values()))
         return (meta, tuple(state), torch.is_grad_enabled(), torch.is_inference_mode_enabled(),
                 self.training, self.stem.conv.weight.dtype)
 

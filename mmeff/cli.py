@@ -49,7 +49,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from mmeff.bench import BenchConfig, format_table, run_suite, write_json
+    from mmeff.bench import BenchConfig, format_table, run_suite, suite_threads, write_json
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -57,10 +57,11 @@ def _cmd_bench(args: argparse.Namespace) -> int:
                       lengths=args.lengths, tokens=args.tokens, backward=not args.no_backward,
                       repeat=args.repeat, warmup=args.warmup)
     rows = run_suite(args.suite, cfg)
-    print(f"mmeff bench {args.suite} on {device} ({torch.get_num_threads()} threads, {args.dtype})")
+    threads = suite_threads(args.suite)
+    print(f"mmeff bench {args.suite} on {device} ({threads} thread{'s' * (threads > 1)}, {args.dtype})")
     print(format_table(rows))
     if args.json:
-        write_json(args.json, args.suite, rows, device)
+        write_json(args.json, args.suite, rows, device, threads)
         print(f"wrote {args.json}")
     return 0
 

@@ -7,7 +7,7 @@ chunks of ``--chunk-ms`` as it arrives (``--realtime`` paces a file to the clock
 model's rate by a streaming resampler, and fed to ``model.step``; an event is printed when the
 frame posterior of a non-background class rises above ``--threshold`` (and when it ends).  The end
 summary gives the real-time factor, the per-chunk latency (p50 / p99) and the peak memory;
-``--plot`` draws the spectrogram under the posteriors.  ``--compile`` compiles the model's blocks
+``--plot`` draws the spectrogram under the posteriors.  ``--compile`` compiles the model's step
 (:meth:`~mmeff.encoders.streaming.StreamingAudioEncoder.compile_step`) before the stream starts.
 
 Weights: ``--checkpoint`` takes a weights file, a checkpoint directory or a training run directory
@@ -286,7 +286,7 @@ def _run(args: argparse.Namespace) -> int:
         with torch.inference_mode():
             for _ in range(2):
                 _, warm = model.step(torch.zeros(1, _chunk_samples(rate, args.chunk_ms)), warm)
-        print(f"compiled the model's token part in {time.perf_counter() - t0:.1f} s (not counted below)")
+        print(f"compiled the model's step in {time.perf_counter() - t0:.1f} s (not counted below)")
     resampler = StreamingResampler(src.rate, rate)
     tracker = EventTracker(names, threshold, hop_s, args.min_frames)
     state, rs_state = model.init_state(1), resampler.init_state(1)
@@ -393,4 +393,4 @@ def add_arguments(s: argparse.ArgumentParser) -> None:
                    help="torch CPU threads (default 1: small chunks run fastest on one)")
     s.add_argument("--plot", help="write the spectrogram and posteriors to this PNG")
     s.add_argument("--compile", action="store_true",
-                   help="torch.compile the model's blocks first (about a minute; faster chunks after)")
+                   help="torch.compile the model's step first (about a minute; faster chunks after)")

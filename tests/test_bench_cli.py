@@ -7,7 +7,9 @@ import time
 import pytest
 import torch
 
-from mmeff.bench import BenchConfig, format_table, make_rows, measure, peak_memory, write_json
+from mmeff.bench import (BenchConfig, format_table, make_rows, measure, peak_memory, register_suite,
+                         run_suite, suite_threads, write_json)
+from mmeff.bench import _SUITE_THREADS, _SUITES, SUITE_MODULES
 from mmeff.cli import main
 
 
@@ -39,6 +41,25 @@ def test_json_output(tmp_path):
     data = json.loads(path.read_text())
     assert data["suite"] == "demo" and data["environment"]["device"] == "cpu"
     assert {r["impl"] for r in data["rows"]} == {"a", "b"}
+
+
+def test_suite_with_fixed_threads_runs_on_them_and_restores(monkeypatch, tmp_path):
+    """A suite registered with ``threads`` runs on that many threads (the JSON says so), whatever
+    torch's setting, which comes back afterwards."""
+    seen = []
+    monkeypatch.setitem(SUITE_MODULES, "one_thread_demo", "harness")
+    register_suite("one_thread_demo", threads=1)(lambda cfg: seen.append(torch.get_num_threads()) or [])
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert run_suite("one_thread_demo", BenchConfig(device=torch.device("cpu"))) == []
+        assert seen == [1] and torch.get_num_threads() == 2
+        assert suite_threads("one_thread_demo") == 1 and suite_threads("moe") == 2
+        write_json(str(tmp_path / "t.json"), "one_thread_demo", [], torch.device("cpu"), 1)
+        assert json.loads((tmp_path / "t.json").read_text())["environment"]["threads"] == 1
+    finally:
+        torch.set_num_threads(before)
+        _SUITES.pop("one_thread_demo"), _SUITE_THREADS.pop("one_thread_demo")
 
 
 def test_cli_list_and_info(capsys):

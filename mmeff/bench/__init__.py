@@ -16,6 +16,7 @@ from .harness import Measurement, Row, format_table, make_rows, measure, peak_me
 
 SUITE_MODULES = {"mixers": "mixers", "vision": "vision", "audio": "audio", "moe": "moe", "attention": "attention"}
 _SUITES: Dict[str, Callable[["BenchConfig"], List[Row]]] = {}
+_SUITE_THREADS: Dict[str, int] = {}  # suites that always run on this many CPU threads
 
 
 @dataclass
@@ -41,12 +42,21 @@ class BenchConfig:
     warmup: int = 2
 
 
-def register_suite(name: str) -> Callable:
-    """Decorator: register a suite function under ``name``."""
+def register_suite(name: str, threads: Optional[int] = None) -> Callable:
+    """Decorator: register a suite function under ``name``; ``threads``: it always runs on that
+    many CPU threads (whatever ``--threads`` says), set and restored by :func:`run_suite`."""
     def deco(fn: Callable[[BenchConfig], List[Row]]) -> Callable[[BenchConfig], List[Row]]:
         _SUITES[name] = fn
+        if threads is not None:
+            _SUITE_THREADS[name] = threads
         return fn
     return deco
+
+
+def suite_threads(name: str) -> int:
+    """The CPU threads suite ``name`` runs on: its own fixed number, else torch's current one."""
+    importlib.import_module(f"{__name__}.{SUITE_MODULES[name]}")
+    return _SUITE_THREADS.get(name, torch.get_num_threads())
 
 
 def list_suites(pattern: str = "*") -> List[str]:
@@ -61,8 +71,13 @@ def run_suite(name: str, cfg: BenchConfig) -> List[Row]:
         from .._utils import unknown_name_error
         raise unknown_name_error("benchmark suite", name, SUITE_MODULES)
     importlib.import_module(f"{__name__}.{SUITE_MODULES[name]}")
-    return _SUITES[name](cfg)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(suite_threads(name))
+    try:
+        return _SUITES[name](cfg)
+    finally:
+        torch.set_num_threads(threads)
 
 
 __all__ = ["BenchConfig", "Measurement", "Row", "format_table", "list_suites", "make_rows", "measure",
-           "peak_memory", "register_suite", "run_suite", "write_json"]
+           "peak_memory", "register_suite", "run_suite", "suite_threads", "write_json"]

@@ -6,15 +6,16 @@ same run, is ``torchaudio.models.Emformer`` of about the same size (width and de
 4 heads, feed-forward 2x wide: ~1.8M parameters next to ~1.6M) fed the same features: the model's own
 front end and conv subsampling, then ``Emformer.infer`` with its states, ``segment_length`` = the
 chunk's tokens and 32 tokens (1.28 s) of left context, then the same norm and head.
-``stream_mamba2_tiny compiled`` is the same model after :meth:`compile_step` (its blocks, norm and
-head through ``torch.compile``; compiled during the warm-up, once per chunk size; not in ``--quick``).
+``stream_mamba2_tiny compiled`` is the same model after :meth:`compile_step` (the whole step: front
+end, conv subsampling, blocks, norm and head in one ``torch.compile`` graph; compiled during the
+warm-up, once per chunk size; not in ``--quick``).
 
 Rows (``ms`` column): per-chunk latency p50 and p99, and the compute time per second of audio
 (= real-time factor x 1000).  Memory: the peak RSS growth while streaming 1 minute and 60 minutes
 of audio (1 s chunks; a streaming model stays flat, and the case names the state's size after
 each), and, for contrast, the offline forward of the first model over a 1-minute and a 10-minute
 clip (its activations grow with the length).
-The suite always runs on CPU with one thread (restored afterwards).
+The suite always runs on CPU with one thread (``register_suite(..., threads=1)``; restored afterwards).
 """
 from __future__ import annotations
 
@@ -147,25 +148,20 @@ def _offline_rows(name: str, seconds: Tuple[float, float]) -> List[Row]:
                      f"ms and peak RSS growth", res, baselines=(f"{seconds[0]:g} s",))
 
 
-@register_suite("audio")
+@register_suite("audio", threads=1)
 def run(cfg: BenchConfig) -> List[Row]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        names = MODELS[1:2] if cfg.quick else MODELS
-        models = {n: mmeff.create_model(n, num_classes=14).eval() for n in names}
-        makers: Dict[str, Callable[[int], object]] = {n: (lambda tokens, m=m: m) for n, m in models.items()}
-        if not cfg.quick:  # the target model with its token part compiled (compiles once per chunk size)
-            target = mmeff.create_model(COMPILED, num_classes=14).eval()
-            target.load_state_dict(models[COMPILED].state_dict())
-            makers[f"{COMPILED} compiled"] = lambda tokens, m=target.compile_step(): m
-        first = models[names[0]]
-        makers[EMFORMER] = lambda tokens: EmformerStream(first, tokens)
-        # offline first: its activations must be fresh allocations to show in the RSS
-        rows = _offline_rows(names[0], (5.0, 50.0) if cfg.quick else (60.0, 600.0))
-        rows += _latency_rows(makers, 3.0 if cfg.quick else 30.0)
-        eager = {k: v for k, v in makers.items() if not k.endswith(" compiled")}
-        rows += _memory_rows(eager, (0.1, 0.5) if cfg.quick else (1.0, 60.0))
-        return rows
-    finally:
-        torch.set_num_threads(threads)
+    names = MODELS[1:2] if cfg.quick else MODELS
+    models = {n: mmeff.create_model(n, num_classes=14).eval() for n in names}
+    makers: Dict[str, Callable[[int], object]] = {n: (lambda tokens, m=m: m) for n, m in models.items()}
+    if not cfg.quick:  # the target model with its step compiled (compiles once per chunk size)
+        target = mmeff.create_model(COMPILED, num_classes=14).eval()
+        target.load_state_dict(models[COMPILED].state_dict())
+        makers[f"{COMPILED} compiled"] = lambda tokens, m=target.compile_step(): m
+    first = models[names[0]]
+    makers[EMFORMER] = lambda tokens: EmformerStream(first, tokens)
+    # offline first: its activations must be fresh allocations to show in the RSS
+    rows = _offline_rows(names[0], (5.0, 50.0) if cfg.quick else (60.0, 600.0))
+    rows += _latency_rows(makers, 3.0 if cfg.quick else 30.0)
+    eager = {k: v for k, v in makers.items() if not k.endswith(" compiled")}
+    rows += _memory_rows(eager, (0.1, 0.5) if cfg.quick else (1.0, 60.0))
+    return rows

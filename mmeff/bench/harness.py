@@ -157,10 +157,11 @@ def format_table(rows: Iterable[Row]) -> str:
     return "\n".join([line(head), line(["-" * w for w in widths])] + [line(b) for b in body])
 
 
-def environment(device: torch.device) -> Dict[str, object]:
-    """What the numbers were measured on."""
+def environment(device: torch.device, threads: Optional[int] = None) -> Dict[str, object]:
+    """What the numbers were measured on (``threads``: the CPU threads, default torch's now)."""
     device = torch.device(device)
-    env = {"torch": torch.__version__, "device": str(device), "threads": torch.get_num_threads()}
+    env = {"torch": torch.__version__, "device": str(device),
+           "threads": threads or torch.get_num_threads()}
     if device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(device)
     else:
@@ -169,8 +170,9 @@ def environment(device: torch.device) -> Dict[str, object]:
     return env
 
 
-def write_json(path: str, suite: str, rows: Iterable[Row], device: torch.device) -> None:
+def write_json(path: str, suite: str, rows: Iterable[Row], device: torch.device,
+               threads: Optional[int] = None) -> None:
     """Write ``{"suite", "environment", "rows"}`` to ``path``."""
     with open(path, "w") as f:
-        json.dump({"suite": suite, "environment": environment(device),
+        json.dump({"suite": suite, "environment": environment(device, threads),
                    "rows": [asdict(r) for r in rows]}, f, indent=1)
