@@ -7,8 +7,8 @@ import time
 import pytest
 import torch
 
-from mmeff.bench import (BenchConfig, format_table, make_rows, measure, peak_memory, register_suite,
-                         run_suite, suite_threads, write_json)
+from mmeff.bench import (BenchConfig, format_table, make_rows, measure, measure_all, peak_memory,
+                         register_suite, run_suite, suite_threads, write_json)
 from mmeff.bench import _SUITE_THREADS, _SUITES, SUITE_MODULES
 from mmeff.cli import main
 
@@ -25,6 +25,20 @@ def test_measure_and_ratios():
     assert "vs slow" in table and "baseline" in table
     with pytest.raises(ValueError, match="baselines"):
         make_rows("demo", "x", {"fast": fast}, baselines=["nope"])
+
+
+def test_measure_all_interleaves_and_honours_overrides():
+    """Timed calls alternate between implementations (a speed drift hits all alike); per-name
+    overrides set warm-up, repeats and a time budget."""
+    calls = []
+    fns = {"a": lambda: calls.append("a"), "b": lambda: calls.append("b"),
+           "slow": lambda: (calls.append("slow"), time.sleep(0.03))}
+    res = measure_all(fns, "cpu", warmup=1, repeat=4, overrides={"slow": {"warmup": 0, "max_seconds": 0.05}})
+    # warm-ups, then rounds a b slow | a b slow | a b | a b (slow stops after its budget), then the
+    # one peak-memory call of each
+    assert calls == ["a", "b"] + ["a", "b", "slow"] * 2 + ["a", "b"] * 2 + ["a", "b", "slow"]
+    assert [res[n].repeat for n in ("a", "b", "slow")] == [4, 4, 2]
+    assert res["slow"].ms >= 30 > res["a"].ms
 
 
 def test_cpu_peak_memory_sees_a_large_allocation():

@@ -12,7 +12,8 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 
-from .harness import Measurement, Row, format_table, make_rows, measure, peak_memory, write_json
+from .harness import (Measurement, Row, format_table, make_rows, measure, measure_all, peak_memory,
+                      write_json)
 
 SUITE_MODULES = {"mixers": "mixers", "vision": "vision", "audio": "audio", "moe": "moe", "attention": "attention"}
 _SUITES: Dict[str, Callable[["BenchConfig"], List[Row]]] = {}
@@ -80,4 +81,5 @@ def run_suite(name: str, cfg: BenchConfig) -> List[Row]:
 
 
 __all__ = ["BenchConfig", "Measurement", "Row", "format_table", "list_suites", "make_rows", "measure",
+           "measure_all",
            "peak_memory", "register_suite", "run_suite", "suite_threads", "write_json"]

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from ..ops import sparse_attention as sa
-from . import BenchConfig, make_rows, measure, register_suite
+from . import BenchConfig, make_rows, measure_all, register_suite
 from .harness import Measurement, Row
 
 D = 64
@@ -60,11 +60,11 @@ def run(cfg: BenchConfig) -> List[Row]:
         qt, kt, vt = (t.detach().transpose(1, 2).contiguous().requires_grad_(cfg.backward) for t in (q, k, v))
         for name, (fn, causal) in _cases(T).items():
             for bwd in modes:
-                res: Dict[str, Measurement] = {
-                    "sparse": measure(_runner(fn, (q, k, v), bwd), dev, cfg.warmup, cfg.repeat),
-                    "dense_sdpa": measure(_runner(
+                res: Dict[str, Measurement] = measure_all({
+                    "sparse": _runner(fn, (q, k, v), bwd),
+                    "dense_sdpa": _runner(
                         lambda a, b, c, cz=causal: F.scaled_dot_product_attention(a, b, c, is_causal=cz),
-                        (qt, kt, vt), bwd), dev, cfg.warmup, cfg.repeat)}
+                        (qt, kt, vt), bwd)}, dev, cfg.warmup, cfg.repeat)
                 case = f"{name} T={T} H={H} {'fwd+bwd' if bwd else 'fwd'}"
                 rows += make_rows("attention", case, res, baselines=("dense_sdpa",))
     return rows

@@ -1,9 +1,11 @@
-"""Benchmark harness: warm-up, median of repeats, peak memory, ratios against a same-run baseline.
+"""Benchmark harness: warm-up, median of interleaved repeats, peak memory, ratios against a same-run
+baseline.
 
 Time: CUDA events on GPU (synchronised), ``perf_counter`` on CPU.  Peak memory: CUDA
 ``max_memory_allocated`` above the memory held before the call; on CPU the peak resident set size
 above the RSS before the call, sampled by a background thread (Linux ``/proc/self/statm``).
-Every case of a suite is measured with its baseline in the same process, and reported as a ratio.
+Every case of a suite is measured with its baselines in the same process, their runs interleaved
+(:func:`measure_all`), and reported as ratios.
 """
 from __future__ import annotations
 
@@ -69,30 +71,52 @@ def measure(fn: Callable[[], object], device: torch.device, warmup: int = 2, rep
 
     ``max_seconds`` cuts the repeats short for slow cases (at least one timed call always runs).
     """
+    return measure_all({"fn": fn}, device, warmup, repeat, {"fn": {"max_seconds": max_seconds}})["fn"]
+
+
+def measure_all(fns: Dict[str, Callable[[], object]], device: torch.device, warmup: int = 2,
+                repeat: int = 5, overrides: Optional[Dict[str, Dict[str, object]]] = None
+                ) -> Dict[str, Measurement]:
+    """Time the implementations ``fns`` of one case, interleaved: each is warmed up, then every
+    round calls each once, so a drift of the machine's speed (frequent on shared CPUs) shifts all
+    of them alike and their ratios hold.  Medians per implementation, then each one's peak memory.
+
+    ``overrides[name]`` may set that implementation's own ``warmup``, ``repeat`` and
+    ``max_seconds`` (its repeats stop once its timed calls took that long; at least one runs).
+    """
     device = torch.device(device)
-    cuda = device.type == "cuda"
-    for _ in range(warmup):
-        fn()
-    if cuda:
+    opts = {n: {"warmup": warmup, "repeat": repeat, "max_seconds": None, **(overrides or {}).get(n, {})}
+            for n in fns}
+    for name, fn in fns.items():
+        for _ in range(opts[name]["warmup"]):
+            fn()
+    times: Dict[str, List[float]] = {n: [] for n in fns}
+
+    def wanted(n: str) -> bool:
+        o, t = opts[n], times[n]
+        return len(t) < o["repeat"] and not (t and o["max_seconds"] is not None
+                                             and sum(t) / 1e3 > o["max_seconds"])
+
+    while any(wanted(n) for n in fns):
+        for name in [n for n in fns if wanted(n)]:
+            times[name].append(_time_once(fns[name], device))
+    return {n: Measurement(statistics.median(times[n]), min(times[n]), peak_memory(fns[n], device),
+                           len(times[n])) for n in fns}
+
+
+def _time_once(fn: Callable[[], object], device: torch.device) -> float:
+    """Milliseconds of one call (CUDA events around it on a GPU)."""
+    if device.type == "cuda":
         torch.cuda.synchronize(device)
-    times: List[float] = []
-    start_all = time.perf_counter()
-    for _ in range(repeat):
-        if cuda:
-            s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            s.record()
-            fn()
-            e.record()
-            torch.cuda.synchronize(device)
-            times.append(s.elapsed_time(e))
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1e3)
-        if max_seconds is not None and time.perf_counter() - start_all > max_seconds:
-            break
-    peak = peak_memory(fn, device)
-    return Measurement(statistics.median(times), min(times), peak, len(times))
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record()
+        fn()
+        e.record()
+        torch.cuda.synchronize(device)
+        return s.elapsed_time(e)
+    t0 = time.perf_counter()
+    fn()
+    return (time.perf_counter() - t0) * 1e3
 
 
 def peak_memory(fn: Callable[[], object], device: torch.device) -> int:

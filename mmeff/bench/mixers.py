@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import ops
-from . import BenchConfig, make_rows, measure, register_suite
+from . import BenchConfig, make_rows, measure_all, register_suite
 from .harness import Measurement, Row
 
 H_CPU, H_GPU, D = 4, 16, 64
@@ -90,18 +90,13 @@ def run(cfg: BenchConfig) -> List[Row]:
             B = max(1, tokens // T)
             args, kw = _inputs(op, B, T, H, dev, cfg.dtype)
             for bwd in modes:
-                res: Dict[str, Measurement] = {}
-                cands = {ops.last_backend(op): fast}
+                fns = {ops.last_backend(op): _runner(fast, args, kw, bwd)}
                 if not cuda:
-                    cands["naive"] = impls["naive"]
-                for name, fn in cands.items():
-                    slow = name == "naive"
-                    res[name] = measure(_runner(fn, args, kw, bwd), dev,
-                                        warmup=1 if slow else cfg.warmup,
-                                        repeat=min(3, cfg.repeat) if slow else cfg.repeat,
-                                        max_seconds=20 if slow else None)
+                    fns["naive"] = _runner(impls["naive"], args, kw, bwd)
                 sfn, sargs, skw = _sdpa(B, T, H, dev, cfg.dtype)
-                res["sdpa"] = measure(_runner(sfn, sargs, skw, bwd), dev, cfg.warmup, cfg.repeat)
+                fns["sdpa"] = _runner(sfn, sargs, skw, bwd)
+                slow = {"warmup": 1, "repeat": min(3, cfg.repeat), "max_seconds": 20}
+                res: Dict[str, Measurement] = measure_all(fns, dev, cfg.warmup, cfg.repeat, {"naive": slow})
                 case = f"{op} T={T} B={B} H={H} {'fwd+bwd' if bwd else 'fwd'}"
                 rows += make_rows("mixers", case, res, baselines=("naive", "sdpa"))
     return rows

@@ -13,7 +13,7 @@ from timm.layers import Mlp
 from torch import nn
 
 from ..layers.moe import MoE
-from . import BenchConfig, make_rows, measure, register_suite
+from . import BenchConfig, make_rows, measure_all, register_suite
 from .harness import Measurement, Row
 
 
@@ -66,11 +66,9 @@ def run(cfg: BenchConfig) -> List[Row]:
         impls: Dict[str, nn.Module | Callable] = {
             "moe": moe, "dense": dense, "loop": lambda v, m=moe: loop_over_experts(m, v)}
         for bwd in modes:
-            res: Dict[str, Measurement] = {}
-            for impl, fn in impls.items():
-                params = list((moe if impl != "dense" else dense).parameters()) + [x]
-                res[impl] = measure(_runner(fn, x, params, bwd, cfg.dtype), dev,
-                                    cfg.warmup, cfg.repeat)
+            res: Dict[str, Measurement] = measure_all({
+                impl: _runner(fn, x, list((moe if impl != "dense" else dense).parameters()) + [x], bwd,
+                              cfg.dtype) for impl, fn in impls.items()}, dev, cfg.warmup, cfg.repeat)
             case = f"{name} N={tokens} D={dim} {'fwd+bwd' if bwd else 'fwd'}"
             rows += make_rows("moe", case, res, baselines=("dense", "loop"))
     return rows
