@@ -1,7 +1,8 @@
 """``mmeff bench audio``: streaming audio encoders on one CPU thread, against torchaudio's Emformer.
 
 For each streaming model and chunk size (40 ms and 160 ms) a stream of audio is fed chunk by chunk
-through ``model.step`` (the recurrent form) and every chunk is timed.  The baseline, measured in the
+through ``model.step`` (the recurrent form) and every chunk is timed; the models take turns every
+25 chunks, each with its own stream, so that a drift of the machine's speed hits all alike.  The baseline, measured in the
 same run, is ``torchaudio.models.Emformer`` of about the same size (width and depth of the model,
 4 heads, feed-forward 2x wide: ~1.8M parameters next to ~1.6M) fed the same features: the model's own
 front end and conv subsampling, then ``Emformer.infer`` with its states, ``segment_length`` = the
@@ -35,6 +36,7 @@ MODELS = ("stream_mamba_tiny", "stream_mamba2_tiny", "stream_gdn_tiny")
 CHUNKS_MS = (40, 160)
 EMFORMER = "emformer"
 COMPILED = "stream_mamba2_tiny"  # also run with ``compile_step()`` (the RTF target's model)
+ROUND_CHUNKS = 25  # chunks each model streams in its turn (models interleave; caches stay warm in a turn)
 
 
 class EmformerStream:
@@ -60,18 +62,25 @@ class EmformerStream:
         return m.head(m.norm(y)), {"wave": fe["wave"], "frames": frames, "emformer": em}
 
 
-def _stream(model, samples: int, chunk: int) -> Tuple[List[float], object]:
-    """Feed ``samples`` of noise through ``model.step`` in chunks; per-chunk seconds, final state."""
+def _streams(models: Dict[str, object], samples: int, chunk: int, round_chunks: int = 1 << 30
+             ) -> Dict[str, Tuple[List[float], object]]:
+    """Feed ``samples`` of noise through each model's ``step`` in chunks: per-chunk seconds and the
+    final state of each.  The models take turns every ``round_chunks`` chunks (each keeps its own
+    stream), so that a drift of the machine's speed hits all alike."""
     src = 0.1 * torch.randn(1, 16000 * 10, generator=torch.Generator().manual_seed(0))
-    state, times = model.init_state(1), []
+    starts = [pos % (src.shape[1] - chunk + 1) for pos in range(0, samples - chunk + 1, chunk)]
+    out = {name: ([], m.init_state(1)) for name, m in models.items()}
     with torch.inference_mode():
-        for pos in range(0, samples - chunk + 1, chunk):
-            start = pos % (src.shape[1] - chunk + 1)
-            x = src[:, start:start + chunk]
-            t0 = time.perf_counter()
-            _, state = model.step(x, state)
-            times.append(time.perf_counter() - t0)
-    return times, state
+        for r0 in range(0, len(starts), round_chunks):
+            for name, m in models.items():
+                times, state = out[name]
+                for start in starts[r0:r0 + round_chunks]:
+                    x = src[:, start:start + chunk]
+                    t0 = time.perf_counter()
+                    _, state = m.step(x, state)
+                    times.append(time.perf_counter() - t0)
+                out[name] = (times, state)
+    return out
 
 
 def _state_kib(state) -> float:
@@ -95,10 +104,9 @@ def _latency_rows(name_models: Dict[str, Callable[[int], object]], seconds: floa
         p50: Dict[str, Measurement] = {}
         p99: Dict[str, Measurement] = {}
         rtf: Dict[str, Measurement] = {}
-        for name, make in name_models.items():
-            model = make(chunk // 640)
-            _stream(model, 20 * chunk, chunk)                           # warm-up
-            times, _ = _stream(model, int(seconds * 16000), chunk)
+        models = {name: make(chunk // 640) for name, make in name_models.items()}
+        _streams(models, 20 * chunk, chunk)                              # warm-up
+        for name, (times, _) in _streams(models, int(seconds * 16000), chunk, ROUND_CHUNKS).items():
             a, b, total = _stats(times)
             n = len(times)
             p50[name] = Measurement(a, min(times) * 1e3, 0, n)
@@ -121,7 +129,8 @@ def _memory_rows(name_models: Dict[str, Callable[[int], object]], minutes: Tuple
         for m in minutes:
             samples = int(m * 60 * 16000)
             out: List = []
-            peak = peak_memory(lambda: out.append(_stream(model, samples, chunk)), torch.device("cpu"))
+            peak = peak_memory(lambda: out.append(_streams({name: model}, samples, chunk)[name]),
+                               torch.device("cpu"))
             times, state = out[0]
             sizes.append(f"{_state_kib(state):.0f}")
             res[f"{m:g} min"] = Measurement(sum(times) * 1e3 / m, min(times) * 1e3, peak, len(times))
