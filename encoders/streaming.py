@@ -313,6 +313,7 @@ class StreamingAudioEncoder(nn.Module):
                 self.training, self.stem.conv.weight.dtype)
 
     def _step(self, chunk: torch.Tensor, state: State) -> Tuple[torch.Tensor, State]:
+        """:meth:`step` on a checked chunk: what :meth:`compile_step` compiles."""
         f, fe = self.frontend.step(chunk, {"wave": state["wave"]})
         t, frames = self.stem.step(f, state["frames"])
         new = dict(state, pos=state["pos"] + chunk.shape[1], wave=fe["wave"], frames=frames)

@@ -81,5 +81,4 @@ def run_suite(name: str, cfg: BenchConfig) -> List[Row]:
 
 
 __all__ = ["BenchConfig", "Measurement", "Row", "format_table", "list_suites", "make_rows", "measure",
-           "measure_all",
-           "peak_memory", "register_suite", "run_suite", "suite_threads", "write_json"]
+           "measure_all", "peak_memory", "register_suite", "run_suite", "suite_threads", "write_json"]
