@@ -298,7 +298,7 @@ class StreamingAudioEncoder(nn.Module):
         with warnings.catch_warnings():  # guarded as usual; compiles a new graph if needed
             # the front end's FFT stays an ATen call inside the graph (as fast as eager), which
             # inductor reports as "complex operators not supported"
-            warnings.filterwarnings("ignore", message="Torchinductor does not support code generation for complex")
+            warnings.filterwarnings("ignore", message="Torchinductor does not support code generation")
             out = self._compiled_step(chunk, state)
         self._compiled_for.add(key)
         return out

@@ -2,8 +2,8 @@
 
 For each streaming model and chunk size (40 ms and 160 ms) a stream of audio is fed chunk by chunk
 through ``model.step`` (the recurrent form) and every chunk is timed; the models take turns every
-25 chunks, each with its own stream, so that a drift of the machine's speed hits all alike.  The baseline, measured in the
-same run, is ``torchaudio.models.Emformer`` of about the same size (width and depth of the model,
+25 chunks, each with its own stream, so that a drift of the machine's speed hits all alike.  The
+baseline, measured in the same run, is ``torchaudio.models.Emformer`` of about the same size (width and depth of the model,
 4 heads, feed-forward 2x wide: ~1.8M parameters next to ~1.6M) fed the same features: the model's own
 front end and conv subsampling, then ``Emformer.infer`` with its states, ``segment_length`` = the
 chunk's tokens and 32 tokens (1.28 s) of left context, then the same norm and head.

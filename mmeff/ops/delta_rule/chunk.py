@@ -11,8 +11,9 @@ within-chunk cumulative log-decay and ``D_ij = exp(G_i - G_j)`` for ``j <= i`` (
     S' = exp(G_C) S + (diag(exp(G_C - G)) K)^T V_new
 
 All chunks' ``T``, ``W``, ``U`` and intra-chunk products are computed at once; only the two small
-state products run in a loop over chunks (without autograd, each chunk's output too).  Exponents are within-chunk differences, masked before
-``exp``, so strong decays never overflow whatever the sequence length.
+state products run in a loop over chunks (without autograd, each chunk's output too).  Exponents
+are within-chunk differences, masked before ``exp``, so strong decays never overflow whatever the
+sequence length.
 """
 from __future__ import annotations
 
@@ -39,8 +40,8 @@ def _chunked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: Optional[torc
         q, k, v = (F.pad(t, (0, 0, 0, 0, 0, pad)) for t in (q, k, v))
         beta = F.pad(beta, (0, 0, 0, pad))
         g = None if g is None else F.pad(g, (0, 0, 0, pad))
-    # one contiguous copy each: the matmuls below would otherwise copy these views again and again
-    q, k, v = (rearrange(t, "b (n c) h d -> n (b h) c d", c=C).contiguous() for t in (q, k, v))  # [N, BH, C, d]
+    # [N, BH, C, d], one contiguous copy each: the matmuls below would copy the views again and again
+    q, k, v = (rearrange(t, "b (n c) h d -> n (b h) c d", c=C).contiguous() for t in (q, k, v))
     beta = rearrange(beta, "b (n c) h -> n (b h) c 1", c=C)  # [N, BH, C, 1]
     causal = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
     kk = k @ k.transpose(-1, -2)  # [N, BH, C, C]
