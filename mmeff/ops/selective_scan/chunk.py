@@ -19,11 +19,12 @@ are within-chunk sums only.
 The chunks are visited in segments of about ``SEGMENT_SIZE`` elements per ``[Q, N, E]``-sized
 temporary so that the temporaries stay in cache (measured: 2^19 beats 2^18 and 2^20 on 2 threads);
 the states entering the chunks of a segment follow from a loop over its chunks
-(``H' = 2^(A2 D_Q) H + local end state``).  Each segment's inputs are brought to the
-channel-innermost layout by the chunk matmuls themselves and its outputs written back in the
-input's layout, so no full-size temporary exists: long inputs cost one pass over memory, and the
-``[B, D, L, N]`` states are never held.  Every op runs on all chunks of a segment at once; what
-costs is the number of passes over the ``[Q, N, E]`` tensors (seven) and the ``exp2``.
+(``H' = 2^(A2 D_Q) H + local end state``).  ``x`` and the cumulative ``dt`` are brought to the
+channel-innermost chunk layout once per call (a matmul with the identity / the lower triangle per
+batch row, which transposes on the way), and the output goes back to the input's layout by one
+permuted copy: only input-sized temporaries exist besides the segment's, and the ``[B, D, L, N]``
+states are never held.  Every op runs on all chunks of a segment at once; what costs is the
+number of passes over the ``[Q, N, E]`` tensors (seven) and the ``exp2``.
 
 That is the CPU form.  On a GPU, where each of those short chunks would cost launches,
 :func:`sweep_core` runs instead: ``sqrt(L)``-long chunks advanced position by position, all chunks
@@ -90,12 +91,13 @@ class _Chunks(NamedTuple):
     """The inputs split into rows (batch x group) and chunks; E = channels per group."""
     x: torch.Tensor  # [R, K, Q, E] (a view of the input's own layout [R, E, K, Q])
     dt: torch.Tensor  # [R, K, Q, E] (the same)
+    x5: torch.Tensor  # [R, K, Q, 1, E] x in the chunk layout (contiguous)
+    cum5: torch.Tensor  # [R, K, Q, 1, E] cumulative dt within each chunk (contiguous)
     A: torch.Tensor  # [R, 1, 1, N, E]
     A2: torch.Tensor  # [R, 1, 1, N, E] A / ln 2
     B: torch.Tensor  # [R, K, Q, N, 1]
     C: torch.Tensor  # [R, K, Q, 1, N]
     eye: torch.Tensor  # [Q, Q]
-    tri: torch.Tensor  # [Q, Q] ones on and below the diagonal
     segments: List[Segment]
     fallback: Optional[_Fallback]
 
@@ -119,8 +121,9 @@ def _prepare(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor
     eye = torch.eye(q, dtype=x.dtype, device=x.device)
     segments = _segments(r, k, q * n * e, SEGMENT_SIZE)
     rows = "r e k q -> r k q e"
-    return _Chunks(rearrange(x, rows), rearrange(dt, rows), A_[:, None, None], A2[:, None, None],
-                   B_[..., None], C_[:, :, :, None], eye, torch.ones_like(eye).tril_(), segments,
+    x_, dt_ = rearrange(x, rows), rearrange(dt, rows)
+    return _Chunks(x_, dt_, _to_chunks(x_, eye)[..., None, :], _to_chunks(dt_, torch.ones_like(eye).tril_())[..., None, :],
+                   A_[:, None, None], A2[:, None, None], B_[..., None], C_[:, :, :, None], eye, segments,
                    _fallback(A_, A2, x, dt, B4, segments))
 
 
@@ -171,12 +174,18 @@ def _positions(fb: Optional[_Fallback], si: int) -> Tuple[Optional[slice], Optio
     return slice(fb.bounds[si], fb.bounds[si + 1]), slice(fb.at_bounds[si], fb.at_bounds[si + 1])
 
 
-def _rows(t: torch.Tensor, seg: Segment, mat: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    """``mat @ t`` over each chunk of a segment of ``t`` (``[R, K, Q, E]``, a view of the
-    ``[R, E, K, Q]`` layout), into ``out`` ``[bb, kk, Q, E]``: the matmul transposes on the way,
-    faster than a copy."""
-    b0, b1, k0, k1 = seg
-    return torch.matmul(mat, t[b0:b1, k0:k1], out=out)
+def _to_chunks(t: torch.Tensor, mat: torch.Tensor) -> torch.Tensor:
+    """``mat @ t`` over each chunk of ``t`` (``[R, K, Q, E]``, a view of the ``[R, E, K, Q]``
+    layout), contiguous: the matmul transposes on the way, faster than a copy; one call per row."""
+    out = t.new_empty(t.shape)
+    for i in range(t.shape[0]):
+        torch.matmul(mat, t[i], out=out[i])
+    return out
+
+
+def _from_chunks(t: torch.Tensor) -> torch.Tensor:
+    """``t`` ``[R, K, Q, 1, E]`` back to the input's layout ``[R, E, K, Q]``."""
+    return t[..., 0, :].permute(0, 3, 1, 2).contiguous()
 
 
 class _Views(NamedTuple):
@@ -184,16 +193,9 @@ class _Views(NamedTuple):
     P: torch.Tensor  # [bb, kk, Q, N, E] 2^(A2 D)
     S: torch.Tensor  # [bb, kk, Q, N, E] running sums, then the states h
     G: Optional[torch.Tensor]  # [bb, kk, Q, N, E] (backward) dL/dh
-    x: torch.Tensor  # [bb, kk, Q, E]
-    cum: torch.Tensor  # [bb, kk, Q, E] cumulative dt within the chunk
-    v: Optional[torch.Tensor]  # [bb, kk, Q, E] (backward) dy, then dt
     B: torch.Tensor  # [bb, kk, Q, N, 1] the segment's B
     local: torch.Tensor  # [bb, kk, N, E] each chunk's end state from zero
     H: torch.Tensor  # [bb, kk + 1, N, E] states entering the chunks (and leaving the last)
-    t: torch.Tensor  # [E, kk Q] one row transposed back
-    x5: torch.Tensor  # x, cum, v as [bb, kk, Q, 1, E]
-    cum5: torch.Tensor
-    v5: Optional[torch.Tensor]
     decay: torch.Tensor  # [bb, kk, N, E] P's last row: the whole-chunk decays
     enter: torch.Tensor  # [bb, kk, 1, N, E] H's states entering the chunks
     S_j: Tuple[torch.Tensor, ...]  # S, B, G by position; H, P's last row and local by chunk
@@ -212,10 +214,9 @@ class _Work:
         _, _, self.q, self.e = c.x.shape
         self.n, self.backward = c.A.shape[3], backward
         big = max((b1 - b0) * (k1 - k0) for b0, b1, k0, k1 in c.segments)
-        full, rows, states = big * self.q * self.n * self.e, big * self.q * self.e, big * self.n * self.e
-        sizes = (full, full, full if backward else 0, rows, rows, rows if backward else 0,
-                 big * self.q * self.n, states, states + c.segments[0][1] * self.n * self.e,
-                 max(k1 - k0 for _, _, k0, k1 in c.segments) * self.q * self.e)
+        full, states = big * self.q * self.n * self.e, big * self.n * self.e
+        sizes = (full, full, full if backward else 0, big * self.q * self.n, states,
+                 states + c.segments[0][1] * self.n * self.e)
         self.flat = [c.x.new_empty(s) for s in sizes]
         self.cache = {}
 
@@ -223,13 +224,11 @@ class _Work:
         bb, kk = seg[1] - seg[0], seg[3] - seg[2]
         if (bb, kk) not in self.cache:
             q, n, e = self.q, self.n, self.e
-            shapes = [(bb, kk, q, n, e)] * 3 + [(bb, kk, q, e)] * 3 + [
-                (bb, kk, q, n, 1), (bb, kk, n, e), (bb, kk + 1, n, e), (e, kk * q)]
-            t = [f[:math.prod(s)].view(s) if f.numel() else None for f, s in zip(self.flat, shapes)]
-            P, S, G, x, cum, v, B, local, H, _ = t
-            five = [None if u is None else u[..., None, :] for u in (x, cum, v)]
-            self.cache[bb, kk] = _Views(*t, *five, P[:, :, -1], H[:, :-1, None], S.unbind(2), B.unbind(2),
-                                        G.unbind(2) if self.backward else (), H.unbind(1),
+            shapes = [(bb, kk, q, n, e)] * 3 + [(bb, kk, q, n, 1), (bb, kk, n, e), (bb, kk + 1, n, e)]
+            P, S, G, B, local, H = (f[:math.prod(s)].view(s) if f.numel() else None
+                                    for f, s in zip(self.flat, shapes))
+            self.cache[bb, kk] = _Views(P, S, G, B, local, H, P[:, :, -1], H[:, :-1, None], S.unbind(2),
+                                        B.unbind(2), G.unbind(2) if self.backward else (), H.unbind(1),
                                         P[:, :, -1].unbind(1), local.unbind(1))
         return self.cache[bb, kk]
 
@@ -237,13 +236,11 @@ class _Work:
 def _segment(c: _Chunks, si: int, w: _Views, start: torch.Tensor) -> None:
     """The states of segment ``si`` into ``w.S`` from the state ``start`` ``[bb, N, E]`` entering
     it (``w.H``: the states entering its chunks)."""
-    b0, b1, k0, k1 = seg = c.segments[si]
+    b0, b1, k0, k1 = c.segments[si]
     fb, (m, v) = c.fallback, _positions(c.fallback, si)
     P, S, H = w.P, w.S, w.H
-    _rows(c.x, seg, c.eye, w.x)
-    _rows(c.dt, seg, c.tri, w.cum)
-    torch.mul(w.cum5, c.A2[b0:b1], out=P).exp2_()
-    torch.div(w.x5, P, out=S)
+    torch.mul(c.cum5[b0:b1, k0:k1], c.A2[b0:b1], out=P).exp2_()
+    torch.div(c.x5[b0:b1, k0:k1], P, out=S)
     w.B.copy_(c.B[b0:b1, k0:k1])
     S_j, B_j = w.S_j, w.B_j
     S_j[0].mul_(B_j[0])
@@ -261,21 +258,11 @@ def _segment(c: _Chunks, si: int, w: _Views, start: torch.Tensor) -> None:
         S.view(-1)[fb.at[v]] = torch.addcmul(fb.local_at[v], fb.enter_at[v], H.view(-1)[fb.state_at[v]])
 
 
-def _put(rows: torch.Tensor, out: torch.Tensor, seg: Segment, t: torch.Tensor) -> None:
-    """Write a segment's ``[bb, kk, Q, (1,) E]`` rows into ``out`` ``[R, E, K, Q]``, a row at a time
-    through ``t`` ``[E, kk Q]`` (torch's blocked transpose, then a copy of whole runs of time)."""
-    b0, b1, k0, k1 = seg
-    for i in range(b1 - b0):
-        t.copy_(rows[i].reshape(t.shape[1], t.shape[0]).t())
-        out[b0 + i, :, k0:k1].copy_(t.view(out[b0 + i, :, k0:k1].shape))
-
-
 def _forward(c: _Chunks, h0: torch.Tensor, keep: bool
              ) -> Tuple[torch.Tensor, List[torch.Tensor], torch.Tensor]:
     """Outputs ``[R, E, K, Q]``, the state entering each segment (if ``keep``, for the backward)
     and the final state ``[R, N, E]``, from ``h0`` ``[R, N, E]``."""
-    r, k, q, e = c.x.shape
-    y, work, starts, state = c.x.new_empty(r, e, k, q), _Work(c, False), [], h0.clone()
+    y, work, starts, state = torch.empty_like(c.x5), _Work(c, False), [], h0.clone()
     for si, seg in enumerate(c.segments):
         b0, b1, k0, k1 = seg
         w = work.views(seg)
@@ -283,19 +270,17 @@ def _forward(c: _Chunks, h0: torch.Tensor, keep: bool
             starts.append(state[b0:b1].clone())
         _segment(c, si, w, state[b0:b1])
         state[b0:b1] = w.H[:, -1]
-        _put(torch.matmul(c.C[b0:b1, k0:k1], w.S, out=w.x5), y, seg, w.t)
-    return y, starts, state
+        torch.matmul(c.C[b0:b1, k0:k1], w.S, out=y[b0:b1, k0:k1])
+    return _from_chunks(y), starts, state
 
 
 def _backward(c: _Chunks, starts: List[torch.Tensor], dy: torch.Tensor, dlast: torch.Tensor):
     """Gradients of ``(x, dt, A, B, C, h0)``: ``dx``, ``d dt`` ``[R, E, K, Q]``, ``dA``
     ``[R, N, E]``, ``dB``, ``dC`` ``[R, K, Q, N]`` and ``dh0`` ``[R, N, E]``, from ``dy``
-    ``[R, E, K, Q]`` and the final state's gradient ``dlast`` ``[R, N, E]``."""
+    ``[R, K, Q, E]`` (a view of the ``[R, E, K, Q]`` layout) and the final state's gradient
+    ``dlast`` ``[R, N, E]``."""
     r, k, q, e = c.x.shape
     n = c.A.shape[3]
-    dx, ddt = c.x.new_empty(r, e, k, q), c.x.new_empty(r, e, k, q)
-    dB, dC = c.x.new_empty(r, k, q, 1, n), c.x.new_empty(r, k, q, 1, n)
-    dA, carry, work = c.x.new_zeros(r, n, e), dlast.clone(), _Work(c, True)
     fb = c.fallback
     if fb is not None:  # dL/dh of the fallback triples from a zero carry: the reversed recurrence
         c_dy = dy[fb.row, fb.chunk, :, fb.channel] * c.C[fb.row, fb.chunk, :, 0, fb.state]  # [M, Q]
@@ -306,18 +291,22 @@ def _backward(c: _Chunks, starts: List[torch.Tensor], dy: torch.Tensor, dlast: t
         fb_g = torch.stack(fb_g[::-1], 1)  # [M, Q]
         fb_g_bad = fb_g[fb.bad]
         fb_exit_bad = torch.exp2(fb.a * (fb.cum[:, -1:] - fb.cum))[fb.bad]  # decay to the chunk end
+    dy5, dt5 = (_to_chunks(t, c.eye)[..., None, :] for t in (dy, c.dt))
+    dx, ddt = torch.empty_like(c.x5), torch.empty_like(c.x5)
+    dB, dC = c.x.new_empty(r, k, q, 1, n), c.x.new_empty(r, k, q, 1, n)
+    dA, carry, work = c.x.new_zeros(r, n, e), dlast.clone(), _Work(c, True)
     for si in range(len(c.segments) - 1, -1, -1):
         b0, b1, k0, k1 = seg = c.segments[si]
         w = work.views(seg)
         P, G, H, G_j, H_i = w.P, w.G, w.H, w.G_j, w.H_i
+        x5, dy5_, dt5_ = c.x5[b0:b1, k0:k1], dy5[b0:b1, k0:k1], dt5[b0:b1, k0:k1]
         _segment(c, si, w, starts[si])
         h, m, v = w.S, *_positions(fb, si)
         # dL/dh = (R + P_end carry) / P with R the reversed running sum of P C dy
-        _rows(dy, seg, c.eye, w.v)
-        torch.mul(w.v5, c.C[b0:b1, k0:k1].transpose(-1, -2), out=G).mul_(P)
+        torch.mul(dy5_, c.C[b0:b1, k0:k1].transpose(-1, -2), out=G).mul_(P)
         for j in range(q - 2, -1, -1):
             G_j[j].add_(G_j[j + 1])
-        torch.matmul(w.v5, h.transpose(-1, -2), out=dC[b0:b1, k0:k1])  # (row @ h^T: fast)
+        torch.matmul(dy5_, h.transpose(-1, -2), out=dC[b0:b1, k0:k1])  # (row @ h^T: fast)
         w.local.copy_(G_j[0])  # what each chunk passes to the one before
         if m is not None:
             w.local.view(-1)[fb.end_at[m]] = fb.step[m, 0] * fb_g[m, 0]
@@ -329,13 +318,12 @@ def _backward(c: _Chunks, starts: List[torch.Tensor], dy: torch.Tensor, dlast: t
         if v is not None:  # the state after a chunk sits one chunk (N E) after the one entering it
             after = H.view(-1)[fb.state_at[v] + n * e]
             G.view(-1)[fb.at[v]] = torch.addcmul(fb_g_bad[v], fb_exit_bad[v], after)
-        _put(torch.matmul(w.B.transpose(-1, -2), G, out=w.cum5), dx, seg, w.t)
-        torch.matmul(w.x5, G.transpose(-1, -2), out=dB[b0:b1, k0:k1])
-        da = h.addcmul_(w.x5, w.B, value=-1).mul_(G)  # dL/d(dt A)
-        _rows(c.dt, seg, c.eye, w.v)
-        dA[b0:b1] += torch.mul(da, w.v5, out=P).sum((1, 2))
-        _put(torch.sum(da.mul_(c.A[b0:b1]), 3, out=w.v), ddt, seg, w.t)
-    return dx, ddt, dA, dB.squeeze(3), dC.squeeze(3), carry
+        torch.matmul(w.B.transpose(-1, -2), G, out=dx[b0:b1, k0:k1])
+        torch.matmul(x5, G.transpose(-1, -2), out=dB[b0:b1, k0:k1])
+        da = h.addcmul_(x5, w.B, value=-1).mul_(G)  # dL/d(dt A)
+        dA[b0:b1] += torch.mul(da, dt5_, out=P).sum((1, 2))
+        torch.sum(da.mul_(c.A[b0:b1]), 3, keepdim=True, out=ddt[b0:b1, k0:k1])
+    return _from_chunks(dx), _from_chunks(ddt), dA, dB.squeeze(3), dC.squeeze(3), carry
 
 
 class _ChunkedScan(torch.autograd.Function):
