@@ -111,6 +111,51 @@ def test_bf16_gather_close_to_fp32_reference():
     assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()
 
 
+def _block_mask_attention(q, k, v, block_mask=None, scale=None, return_lse=False, enable_gqa=False):
+    """Dense stand-in for the FlexAttention kernel: the mask_mod on the BlockMask's tiles (partial
+    and full), softmax, output and log-sum-exp; it also checks that the q-side tile lists are the
+    kv-side ones transposed (the backward kernel walks those)."""
+    B, H, Lq, D = q.shape
+    k, v = (t.repeat_interleave(H // k.shape[1], 1) for t in (k, v))
+    Lk, bm, tile = k.shape[2], block_mask, 128
+    allowed = bm.mask_mod(0, 0, torch.arange(Lq)[:, None], torch.arange(Lk)[None, :]) & torch.ones(Lq, Lk, dtype=torch.bool)
+
+    def dense(num, idx, rows, cols):
+        m = torch.zeros(rows, cols, dtype=torch.bool)
+        for t in range(rows):
+            m[t, idx[0, 0, t, :int(num[0, 0, t])].long()] = True
+        return m
+
+    nq, nk = -(-Lq // tile), -(-Lk // tile)
+    tiles = dense(bm.kv_num_blocks, bm.kv_indices, nq, nk)
+    if bm.full_kv_num_blocks is not None:
+        tiles |= dense(bm.full_kv_num_blocks, bm.full_kv_indices, nq, nk)
+    else:
+        assert torch.equal(dense(bm.q_num_blocks, bm.q_indices, nk, nq), tiles.t())
+    allowed &= tiles.repeat_interleave(tile, 0).repeat_interleave(tile, 1)[:Lq, :Lk]
+    s = (q.float() @ k.float().transpose(-1, -2) * (scale or D ** -0.5)).masked_fill(~allowed, float("-inf"))
+    lse = torch.logsumexp(s, -1)
+    o = (torch.exp(s - lse[..., None]).nan_to_num(0.0) @ v.float()).to(q.dtype)
+    return (o, lse) if return_lse else o
+
+
+@pytest.mark.parametrize("T,S,H,Hk,block,top_k", [(200, 333, 4, 2, 48, 4), (256, 256, 2, 1, 128, 2),
+                                                  (130, 500, 4, 1, 100, 3), (256, 256, 2, 2, 256, 1)])
+def test_flex_selected_tiles_and_merge(monkeypatch, T, S, H, Hk, block, top_k):
+    """The CUDA path of per-token selections (pairs sorted by key block, own blocks apart, merge by
+    log-sum-exp) on CPU, with the kernel replaced by a dense evaluation of its BlockMask."""
+    from mmeff.ops.sparse_attention import flex, select
+    monkeypatch.setattr(flex, "_flex", lambda: _block_mask_attention)
+    q, k, v = _qkv(T, S=S, H=H, Hk=Hk, D=32)
+    for causal in (True, False) if T == S else (True,):
+        p = patterns.selected(select.moba_select(q, k, block, top_k, causal), block, causal, S - T)
+        assert_close("moba", flex._selected(q, k, v, p, None), sa.naive.naive_attention(q, k, v, p, None), 1e-5)
+    idx = torch.randint(0, -(-S // block), (2, Hk, T, 4)).sort(-1).values  # earlier, own and later blocks
+    idx = torch.where(idx[..., 1:] == idx[..., :-1], -1, idx[..., 1:])
+    p = patterns.selected(idx, block, True, S - T)
+    assert_close("selected", flex._selected(q, k, v, p, None), sa.naive.naive_attention(q, k, v, p, None), 1e-5)
+
+
 @pytest.mark.cuda
 def test_flex_path_matches_reference():
     dev = "cuda"
@@ -127,6 +172,18 @@ def test_flex_path_matches_reference():
         assert len(flex._MASKS) == cached + 1
     _fast_vs_naive("flex moba", lambda q, k, v: sa.moba_attention(q, k, v, 32, 3), q, k, v,
                    ratio=2e-3, backend="triton")
+    # per-token selections run key-block-centric: blocks not a multiple of the 128-key tile, a
+    # chunk of queries against a longer cache, selections shared by a GQA group (NSA), bf16
+    q, k, v = _qkv(200, S=333, D=64, device=dev)
+    _fast_vs_naive("flex moba cache", lambda q, k, v: sa.moba_attention(q, k, v, 48, 4), q, k, v,
+                   ratio=2e-3, backend="triton")
+    idx = torch.randint(0, 7, (2, 2, 200, 3), device=dev).sort(-1).values
+    idx = torch.where(idx[..., 1:] == idx[..., :-1], -1, idx[..., 1:])  # distinct or -1
+    _fast_vs_naive("flex selected", lambda q, k, v: sa.selected_attention(q, k, v, idx, 48), q, k, v,
+                   ratio=2e-3, backend="triton")
+    q, k, v = _qkv(300, D=64, dtype=torch.bfloat16, device=dev)
+    _fast_vs_naive("flex moba bf16", lambda q, k, v: sa.moba_attention(q, k, v, 64, 3), q, k, v,
+                   ratio=2e-2, backend="triton")
     q, k, v = _qkv(300, D=64, device=dev)
     _fast_vs_naive("flex na", lambda q, k, v: sa.neighborhood_attention(q, k, v, (15, 20), (3, 5), (2, 3)),
                    q, k, v, ratio=2e-3, backend="triton")

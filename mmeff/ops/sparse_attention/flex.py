@@ -1,10 +1,11 @@
 """The CUDA path: FlexAttention (``torch.nn.attention.flex_attention``) compiled to a Triton kernel.
 
-The pattern's rule becomes the ``mask_mod`` (dynamic block selections are looked up in a
-``[Bi, Hi, nQB, nKB]`` membership table); ``create_block_mask`` turns it into a ``BlockMask`` so the
-kernel skips empty 128x128 tiles; a static pattern's mask is kept (the ``MAX_MASKS`` most recent)
-and reused by later calls with the same numbers and lengths, since building it costs milliseconds.
-Registered as the ``triton`` backend of the sparse ops.
+A static pattern's rule becomes the ``mask_mod``; ``create_block_mask`` turns it into a
+``BlockMask`` so the kernel skips empty 128x128 tiles, and the mask is kept (the ``MAX_MASKS`` most
+recent) and reused by later calls with the same numbers and lengths, since building it costs
+milliseconds.  Per-token selections (MoBA, NSA) run key-block-centric instead (:func:`_selected`):
+a query tile of the usual layout would need nearly every key tile, as its queries pick different
+blocks.  Registered as the ``triton`` backend of the sparse ops.
 
 Compilation: the rule's numbers are passed as tensors, so a new window size or grid does not
 recompile; a new structure (rule, causal flags, grid rank) or shape (lengths, heads, dtype)
@@ -19,10 +20,11 @@ from __future__ import annotations
 from typing import Any, Callable, Dict, Optional
 
 import torch
+from einops import rearrange
 
 from .._dispatch import logger
-from .gather import gather_attention
-from .patterns import Pattern, table_from_blocks
+from .gather import NEG, gather_attention, merge, pairs, slots
+from .patterns import Pattern
 
 MIN_QUERIES = 128
 TILE = 128
@@ -50,29 +52,103 @@ def _as_tensors(value: Any, device) -> Any:
     return value
 
 
-def _tiles_from_table(table: torch.Tensor, p: Pattern, T: int, S: int, H: int, tile: int):
-    """``(kv_num_blocks, kv_indices)`` of the ``tile x tile`` FlexAttention tiles touched by the
-    selected blocks ``table[Bi, Hi, nQB, nKB]`` (instead of evaluating the mask on all T*S pairs)."""
-    dev = table.device
-    qa0, ka0 = p.q_start // p.block_q, p.k_start // p.block_k
-    nqt, nkt = -(-T // tile), -(-S // tile)
-    rows = torch.div(p.q_start + torch.arange(T, device=dev), p.block_q, rounding_mode="floor") - qa0
-    per_q = torch.nn.functional.pad(table[:, :, rows], (0, 0, 0, nqt * tile - T))  # [Bi, Hi, nQT*tile, nKB]
-    per_tile = per_q.view(*per_q.shape[:2], nqt, tile, -1).any(3)  # [Bi, Hi, nQT, nKB]
-    kt = torch.arange(nkt, device=dev) * tile
-    lo = torch.div(p.k_start + kt, p.block_k, rounding_mode="floor") - ka0
-    hi = torch.div(p.k_start + (kt + tile).clamp(max=S) - 1, p.block_k, rounding_mode="floor") - ka0
-    csum = torch.nn.functional.pad(per_tile.int().cumsum(-1), (1, 0))
-    need = (csum[..., hi + 1] - csum[..., lo]) > 0  # [Bi, Hi, nQT, nKT]
-    need = need.expand(-1, H, -1, -1) if need.shape[1] == 1 else need.repeat_interleave(H // need.shape[1], 1)
-    order = torch.argsort((~need).to(torch.uint8), dim=-1, stable=True)
-    return need.sum(-1).to(torch.int32), order.to(torch.int32)
+def _bucket(n: int) -> int:
+    """``n`` rounded up to one of 8 steps per power of two: few distinct shapes to compile."""
+    step = 1 << max(0, n.bit_length() - 4)
+    return -(-n // step) * step
+
+
+def _own_blocks(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, p: Pattern, scale: Optional[float]):
+    """Causal attention of every query inside its own key block: outputs ``[B, H, T, Dv]`` and
+    log-sum-exps ``[B, H, T]`` (a static pattern: its block mask is built once)."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    T, S, H, Hk = q.shape[1], k.shape[1], q.shape[2], k.shape[2]
+    q_start, k_start, bk = _as_tensors((p.q_start, p.k_start, p.block_k), q.device)
+
+    def mask_mod(b, h, qi, kj):
+        qp, kp = qi + q_start, kj + k_start
+        return (kp // bk == qp // bk) & (kp <= qp)
+
+    key = ("own block", p.block_k, p.q_start, p.k_start, T, S, str(q.device))
+    mask = _MASKS.pop(key, None)
+    if mask is None:
+        mask = create_block_mask(mask_mod, None, None, T, S, device=q.device, _compile=True)
+    _MASKS[key] = mask
+    if len(_MASKS) > MAX_MASKS:
+        _MASKS.pop(next(iter(_MASKS)))
+    return _flex()(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), block_mask=mask, scale=scale,
+                   enable_gqa=H != Hk, return_lse=True)
+
+
+def _pairs_attention(pr, p: Pattern, S: int, scale: Optional[float]):
+    """FlexAttention of the pairs' query tiles, each on the whole of its key block: partial outputs
+    ``[nSeg * TILE, Dv]`` and log-sum-exps.  Key blocks are padded to whole tiles, so a tile's keys
+    are its block's; the mask is arithmetic on the key index alone (no gathers in the kernel)."""
+    from torch.nn.attention.flex_attention import BlockMask
+
+    bk, dev = p.block_k, pr.qs.device
+    nseg, D = pr.qs.shape[0], pr.qs.shape[-1]
+    tpb = -(-bk // TILE)  # tiles per (padded) key block
+    bkp = tpb * TILE
+    nb = _bucket(nseg)  # padded tiles: their outputs are never read
+    qs = torch.nn.functional.pad(pr.qs, (0, 0, 0, 0, 0, nb - nseg)).view(1, 1, nb * TILE, D)
+    kv = [torch.nn.functional.pad(t.view(t.shape[0], bk, -1), (0, 0, 0, bkp - bk)).view(1, 1, -1, t.shape[1] // bk)
+          for t in (pr.kb, pr.vb)]
+    lk = kv[0].shape[2]
+    ka0, lo, hi, bk_t, bkp_t, nkb = _as_tensors((p.k_start // bk, p.k_start, p.k_start + S, bk, bkp, pr.nkb), dev)
+
+    def mask_mod(b, h, qi, kj):  # the key exists: inside its block's bk keys and inside [k_start, k_start + S)
+        m = kj % bkp_t
+        kp = (ka0 + (kj // bkp_t) % nkb) * bk_t + m
+        return (m < bk_t) & (kp >= lo) & (kp < hi)
+
+    key_row = torch.nn.functional.pad(pr.key_row, (0, nb - nseg))
+    kv_num = torch.where(torch.arange(nb, device=dev) < nseg, tpb, 0)
+    kv_idx = key_row[:, None] * tpb + torch.arange(tpb, device=dev)
+    segs = torch.bincount(pr.key_row, minlength=pr.kb.shape[0])  # segments of each key block, in order
+    start = segs.cumsum(0) - segs
+    r = torch.div(torch.arange(lk // TILE, device=dev), tpb, rounding_mode="floor")
+    q_idx = (start[r][:, None] + torch.arange(max(1, int(segs.max())), device=dev)).clamp(max=nb - 1)
+    i32 = lambda t: t.to(torch.int32)[None, None].contiguous()  # noqa: E731
+    mask = BlockMask(seq_lengths=(nb * TILE, lk), kv_num_blocks=i32(kv_num), kv_indices=i32(kv_idx),
+                     full_kv_num_blocks=None, full_kv_indices=None, q_num_blocks=i32(segs[r]),
+                     q_indices=i32(q_idx), full_q_num_blocks=None, full_q_indices=None,
+                     BLOCK_SIZE=(TILE, TILE), mask_mod=mask_mod)
+    o, lse = _flex()(qs, *kv, block_mask=mask, scale=scale, return_lse=True)
+    return o[0, 0, :nseg * TILE], lse[0, 0, :nseg * TILE]
+
+
+def _selected(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, p: Pattern, scale: Optional[float]):
+    """Per-token selections (MoBA, NSA), key-block-centric as MoBA's own kernel: the (query,
+    earlier block) pairs sorted by key block in tiles of ``TILE`` queries sharing one block
+    (:func:`.gather.pairs`) attend in one FlexAttention call, each tile to its block only; with
+    ``causal`` the queries' own blocks run apart as a static block-diagonal causal pattern; each
+    query merges its partials by their log-sum-exps (FlexAttention's LSE is differentiable).
+    Work and memory grow with the pairs, not with T*S."""
+    causal = p.rule is not None
+    pr = pairs(q, k, v, p, TILE, own_apart=causal)
+    B, Hk, G = pr.heads
+    if pr.qs.shape[0]:
+        o, lse = _pairs_attention(pr, p, k.shape[1], scale)
+        part, lse, seen = slots(pr, o, lse, lse > float("-inf"))
+    else:  # every selection is the query's own block
+        part = q.new_zeros(pr.rows, pr.n, v.shape[-1])
+        lse = part.new_full((pr.rows, pr.n), NEG, dtype=torch.float32)
+        seen = torch.zeros(pr.rows, pr.n, dtype=torch.bool, device=q.device)
+    if causal:
+        o_own, lse_own = _own_blocks(q, k, v, p, scale)
+        o_own = rearrange(o_own, "b (h g) t d -> (b h t g) 1 d", g=G)
+        lse_own = rearrange(lse_own.float(), "b (h g) t -> (b h t g) 1", g=G).masked_fill(~pr.own[:, None], NEG)
+        part, lse = torch.cat([part, o_own.to(part.dtype)], 1), torch.cat([lse, lse_own], 1)
+        seen = torch.cat([seen, pr.own[:, None]], 1)
+    return merge(pr, part, lse, seen)
 
 
 def flex_attention_path(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pattern: Pattern,
                         scale: Optional[float] = None) -> torch.Tensor:
     """FlexAttention of ``q[B, T, H, D]`` on ``k, v[B, S, Hk, *]`` under ``pattern``."""
-    from torch.nn.attention.flex_attention import BlockMask, create_block_mask
+    from torch.nn.attention.flex_attention import create_block_mask
 
     B, T, H, _ = q.shape
     S, Hk = k.shape[1], k.shape[2]
@@ -86,36 +162,27 @@ def flex_attention_path(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, patte
                        "running this new shape/pattern on the gather path", len(_VARIANTS))
         return gather_attention(q, k, v, pattern, scale)
     _VARIANTS.add(variant)
-    qa0, ka0 = p.q_start // p.block_q, p.k_start // p.block_k
-    table, bi, group = None, 1, H
     if p.selective:
-        table = table_from_blocks(p.kv_blocks, ka0, (p.k_start + S - 1) // p.block_k - ka0 + 1)
-        bi, group = table.shape[0], H // table.shape[1]
+        limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
+        with torch._dynamo.config.patch(recompile_limit=limit):
+            return _selected(q, k, v, p, scale)
     params = _as_tensors(p.params, q.device)
-    q_start, k_start, bq, bk, qa0, ka0 = _as_tensors((p.q_start, p.k_start, p.block_q, p.block_k, qa0, ka0),
-                                                     q.device)
+    q_start, k_start = _as_tensors((p.q_start, p.k_start), q.device)
 
     def mask_mod(b, h, qi, kj):
-        qp, kp = qi + q_start, kj + k_start
-        m = p.rule(qp, kp, **params) if p.rule is not None else qi >= 0
-        if table is not None:
-            m = m & table[b if bi > 1 else 0, h // group, qp // bq - qa0, kp // bk - ka0]
-        return m
+        return p.rule(qi + q_start, kj + k_start, **params) if p.rule is not None else qi >= 0
 
+    # a static pattern's mask depends on its numbers only: built once
+    key = (p.rule, tuple(sorted(p.params.items())), p.q_start, p.k_start, p.block_q, p.block_k, T, S,
+           str(q.device))
     limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
     with torch._dynamo.config.patch(recompile_limit=limit):
-        if table is None:  # a static pattern's mask depends on its numbers only: built once
-            key = (p.rule, tuple(sorted(p.params.items())), p.q_start, p.k_start, p.block_q,
-                   p.block_k, T, S, str(q.device))
-            mask = _MASKS.pop(key, None)
-            if mask is None:
-                mask = create_block_mask(mask_mod, None, None, T, S, device=q.device, _compile=True)
-            _MASKS[key] = mask  # most recently used last
-            if len(_MASKS) > MAX_MASKS:
-                _MASKS.pop(next(iter(_MASKS)))
-        else:  # B/H-dependent selections: build the tiles from the table, not from T*S evaluations
-            num, idx = _tiles_from_table(table, p, T, S, H, TILE)
-            mask = BlockMask.from_kv_blocks(num, idx, BLOCK_SIZE=TILE, mask_mod=mask_mod, seq_lengths=(T, S))
+        mask = _MASKS.pop(key, None)
+        if mask is None:
+            mask = create_block_mask(mask_mod, None, None, T, S, device=q.device, _compile=True)
+        _MASKS[key] = mask  # most recently used last
+        if len(_MASKS) > MAX_MASKS:
+            _MASKS.pop(next(iter(_MASKS)))
         o = _flex()(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), block_mask=mask,
                     scale=scale, enable_gqa=H != Hk)
     return o.transpose(1, 2)

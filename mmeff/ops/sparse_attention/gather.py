@@ -18,7 +18,7 @@ Queries that see no key output zeros.
 """
 from __future__ import annotations
 
-from typing import Callable, List, Optional, Tuple
+from typing import Callable, List, NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -115,8 +115,31 @@ def _attend_segments(qs: torch.Tensor, qpos: torch.Tensor, key_row: torch.Tensor
     return o, lse, mask.any(-1)
 
 
-def _selective(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, p: Pattern, scale: float,
-               grad: bool) -> torch.Tensor:
+class Pairs(NamedTuple):
+    """The (query row, selected block) pairs of a per-token selection, sorted by key block and cut
+    into segments of ``segment`` queries sharing one key block (padding slots: position -1)."""
+    qs: torch.Tensor  # [nSeg, segment, D] the queries of each segment
+    qpos: torch.Tensor  # [nSeg, segment] int32 absolute position of each (-1: padding)
+    key_row: torch.Tensor  # [nSeg] row of the segment's key block in kb / vb
+    kb: torch.Tensor  # [B*Hk*nKB, bk*D] the key blocks (padded) as rows ...
+    vb: torch.Tensor  # ... and the value blocks
+    nkb: int  # key blocks per (batch, KV head)
+    flat: torch.Tensor  # [P] slot of each pair in [nSeg * segment]
+    slot: torch.Tensor  # [P] position of each pair in [R * n] (query row, selection slot)
+    rows: int  # R = B * Hk * T * G query rows
+    n: int  # selections per query
+    heads: Tuple[int, int, int]  # (B, Hk, G): rows are (b h t g)
+    own: Optional[torch.Tensor]  # [R] (own_apart) whether the row selected its own block
+
+
+def pairs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, p: Pattern, segment: int,
+          own_apart: bool = False) -> Pairs:
+    """The key-block-sorted pairs of ``p``'s per-token selections (``p.kv_blocks[Bi, Hi, T, n]``).
+
+    ``own_apart`` (causal patterns): pairs of earlier blocks only, seen whole; whether each row
+    selected its own block comes back in ``own`` (the caller attends those apart), and selected
+    later blocks, which a causal query cannot see, are dropped.
+    """
     B, T, H, D = q.shape
     S, Hk = k.shape[1], k.shape[2]
     idx = p.kv_blocks  # [Bi, Hi, T, n]
@@ -132,34 +155,58 @@ def _selective(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, p: Pattern, sc
 
     # (query row, slot) pairs of valid selections, sorted by key block
     blk = idx.expand(B, Hk, T, n)[:, :, :, None].expand(-1, -1, -1, G, -1).reshape(R, n)
-    pair = (blk >= 0).flatten().nonzero().squeeze(1)  # [P] over R*n
+    valid, own = blk >= 0, None
+    if own_apart:
+        own_blk = torch.div(row_pos, bk, rounding_mode="floor")[:, None]
+        own, valid = (blk == own_blk).any(1), valid & (blk < own_blk)
+    pair = valid.flatten().nonzero().squeeze(1)  # [P] over R*n
     row = torch.div(pair, n, rounding_mode="floor")
     key = torch.div(row, T * G, rounding_mode="floor") * nkb + blk.flatten()[pair] - p.k_start // bk
     key, order = key.sort(stable=True)
     pair, row = pair[order], row[order]
     counts = torch.bincount(key, minlength=B * Hk * nkb)
-    segs = torch.div(counts + SEGMENT - 1, SEGMENT, rounding_mode="floor")
+    segs = torch.div(counts + segment - 1, segment, rounding_mode="floor")
     rank = torch.arange(key.shape[0], device=dev) - (counts.cumsum(0) - counts)[key]
-    flat = ((segs.cumsum(0) - segs)[key] + torch.div(rank, SEGMENT, rounding_mode="floor")) * SEGMENT \
-        + rank % SEGMENT  # slot of each pair in [nSeg * SEGMENT]
+    flat = ((segs.cumsum(0) - segs)[key] + torch.div(rank, segment, rounding_mode="floor")) * segment \
+        + rank % segment  # slot of each pair in [nSeg * segment]
     nseg = int(segs.sum())
     key_row = torch.repeat_interleave(torch.arange(B * Hk * nkb, device=dev), segs)  # [nSeg]
-    qs = rows.new_zeros(nseg * SEGMENT, D).index_copy(0, flat, rows[row]).view(nseg, SEGMENT, D)
-    qpos = torch.full((nseg * SEGMENT,), -1, device=dev, dtype=torch.int32)
-    qpos = qpos.index_copy(0, flat, row_pos[row].to(torch.int32)).view(nseg, SEGMENT)
+    qs = rows.new_zeros(nseg * segment, D).index_copy(0, flat, rows[row]).view(nseg, segment, D)
+    qpos = torch.full((nseg * segment,), -1, device=dev, dtype=torch.int32)
+    qpos = qpos.index_copy(0, flat, row_pos[row].to(torch.int32)).view(nseg, segment)
+    return Pairs(qs, qpos, key_row, kb, vb, nkb, flat, pair, R, n, (B, Hk, G), own)
 
-    chunk = max(1, CHUNK_ELEMENTS // (SEGMENT * bk * 3 + 2 * bk * D))
-    outs = _chunked(_attend_segments, nseg, chunk, (qs, qpos, key_row), (kb, vb, p, S, nkb, scale), grad)
-    o_seg, lse_seg, seen_seg = (torch.cat(t).flatten(0, 1) for t in zip(*outs))
 
-    # merge each query's n partials: softmax weights from their log-sum-exps
-    slot = pair  # position in [R * n]
-    lse = torch.full((R * n,), NEG, device=dev).index_copy(0, slot, lse_seg[flat].masked_fill(~seen_seg[flat], NEG))
-    part = o_seg.new_zeros(R * n, o_seg.shape[-1]).index_copy(0, slot, o_seg[flat])
-    seen = torch.zeros(R * n, dtype=torch.bool, device=dev).index_copy(0, slot, seen_seg[flat])
-    w = torch.softmax(lse.view(R, n), dim=-1) * seen.view(R, n).any(-1, keepdim=True)
-    o = (w[..., None].to(part.dtype) * part.view(R, n, -1)).sum(1)
+def slots(pr: Pairs, o_seg: torch.Tensor, lse_seg: torch.Tensor, seen_seg: torch.Tensor
+          ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The segments' partial outputs ``o_seg[nSeg * segment, Dv]``, log-sum-exps and whether each
+    saw a key, by (row, selection slot): ``[R, n, Dv]``, ``[R, n]``, ``[R, n]`` (no pair: unseen)."""
+    R, n, dev, flat = pr.rows, pr.n, o_seg.device, pr.flat
+    lse = torch.full((R * n,), NEG, device=dev).index_copy(
+        0, pr.slot, lse_seg[flat].float().masked_fill(~seen_seg[flat], NEG))
+    part = o_seg.new_zeros(R * n, o_seg.shape[-1]).index_copy(0, pr.slot, o_seg[flat])
+    seen = torch.zeros(R * n, dtype=torch.bool, device=dev).index_copy(0, pr.slot, seen_seg[flat])
+    return part.view(R, n, -1), lse.view(R, n), seen.view(R, n)
+
+
+def merge(pr: Pairs, part: torch.Tensor, lse: torch.Tensor, seen: torch.Tensor) -> torch.Tensor:
+    """Each query's output from its partials ``part[R, m, Dv]`` (log-sum-exps ``lse[R, m]``, and
+    ``seen[R, m]``): the softmax over the union of its blocks, as ``[B, T, H, Dv]``."""
+    B, Hk, G = pr.heads
+    w = torch.softmax(lse, dim=-1) * seen.any(-1, keepdim=True)
+    o = (w[..., None].to(part.dtype) * part).sum(1)
     return rearrange(o, "(b h t g) d -> b t (h g) d", b=B, h=Hk, g=G)
+
+
+def _selective(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, p: Pattern, scale: float,
+               grad: bool) -> torch.Tensor:
+    pr = pairs(q, k, v, p, SEGMENT)
+    S, nseg = k.shape[1], pr.qs.shape[0]
+    chunk = max(1, CHUNK_ELEMENTS // (SEGMENT * p.block_k * 3 + 2 * p.block_k * q.shape[-1]))
+    outs = _chunked(_attend_segments, nseg, chunk, (pr.qs, pr.qpos, pr.key_row),
+                    (pr.kb, pr.vb, p, S, pr.nkb, scale), grad)
+    o_seg, lse_seg, seen_seg = (torch.cat(t).flatten(0, 1) for t in zip(*outs))
+    return merge(pr, *slots(pr, o_seg, lse_seg, seen_seg))
 
 
 def gather_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pattern: Pattern,
