@@ -11,7 +11,7 @@ from mmeff.ops import last_backend
 from mmeff.ops import sparse_attention as sa
 from mmeff.ops._dispatch import force_backend
 from mmeff.ops.sparse_attention import patterns
-from mmeff.ops.sparse_attention.naive import pattern_mask
+from mmeff.ops.sparse_attention.naive import naive_attention, pattern_mask
 from mmeff.testing import assert_close, assert_grads_close, grads, random_splits, run_in_chunks
 
 
@@ -112,27 +112,28 @@ def test_bf16_gather_close_to_fp32_reference():
 
 
 def _block_mask_attention(q, k, v, block_mask=None, scale=None, return_lse=False, enable_gqa=False):
-    """Dense stand-in for the FlexAttention kernel: the mask_mod on the BlockMask's tiles (partial
-    and full), softmax, output and log-sum-exp; it also checks that the q-side tile lists are the
-    kv-side ones transposed (the backward kernel walks those)."""
+    """Dense stand-in for the FlexAttention kernel: the mask_mod on the BlockMask's partial tiles,
+    every pair of its full tiles, softmax, output and log-sum-exp; it also checks that the q-side
+    tile lists are the kv-side ones transposed (the backward kernel walks those)."""
     B, H, Lq, D = q.shape
     k, v = (t.repeat_interleave(H // k.shape[1], 1) for t in (k, v))
     Lk, bm, tile = k.shape[2], block_mask, 128
-    allowed = bm.mask_mod(0, 0, torch.arange(Lq)[:, None], torch.arange(Lk)[None, :]) & torch.ones(Lq, Lk, dtype=torch.bool)
+    nq, nk = -(-Lq // tile), -(-Lk // tile)
 
     def dense(num, idx, rows, cols):
         m = torch.zeros(rows, cols, dtype=torch.bool)
-        for t in range(rows):
-            m[t, idx[0, 0, t, :int(num[0, 0, t])].long()] = True
+        if num is not None:
+            for t in range(rows):
+                m[t, idx[0, 0, t, :int(num[0, 0, t])].long()] = True
         return m
 
-    nq, nk = -(-Lq // tile), -(-Lk // tile)
-    tiles = dense(bm.kv_num_blocks, bm.kv_indices, nq, nk)
-    if bm.full_kv_num_blocks is not None:
-        tiles |= dense(bm.full_kv_num_blocks, bm.full_kv_indices, nq, nk)
-    else:
-        assert torch.equal(dense(bm.q_num_blocks, bm.q_indices, nk, nq), tiles.t())
-    allowed &= tiles.repeat_interleave(tile, 0).repeat_interleave(tile, 1)[:Lq, :Lk]
+    part = dense(bm.kv_num_blocks, bm.kv_indices, nq, nk)
+    full = dense(bm.full_kv_num_blocks, bm.full_kv_indices, nq, nk)
+    assert torch.equal(dense(bm.q_num_blocks, bm.q_indices, nk, nq), part.t())
+    assert torch.equal(dense(bm.full_q_num_blocks, bm.full_q_indices, nk, nq), full.t())
+    spread = lambda m: m.repeat_interleave(tile, 0).repeat_interleave(tile, 1)[:Lq, :Lk]  # noqa: E731
+    rule = bm.mask_mod(0, 0, torch.arange(Lq)[:, None], torch.arange(Lk)[None, :])
+    allowed = (rule & spread(part)) | spread(full)
     s = (q.float() @ k.float().transpose(-1, -2) * (scale or D ** -0.5)).masked_fill(~allowed, float("-inf"))
     lse = torch.logsumexp(s, -1)
     o = (torch.exp(s - lse[..., None]).nan_to_num(0.0) @ v.float()).to(q.dtype)
@@ -149,11 +150,11 @@ def test_flex_selected_tiles_and_merge(monkeypatch, T, S, H, Hk, block, top_k):
     q, k, v = _qkv(T, S=S, H=H, Hk=Hk, D=32)
     for causal in (True, False) if T == S else (True,):
         p = patterns.selected(select.moba_select(q, k, block, top_k, causal), block, causal, S - T)
-        assert_close("moba", flex._selected(q, k, v, p, None), sa.naive.naive_attention(q, k, v, p, None), 1e-5)
+        assert_close("moba", flex._selected(q, k, v, p, None), naive_attention(q, k, v, p, None), 1e-5)
     idx = torch.randint(0, -(-S // block), (2, Hk, T, 4)).sort(-1).values  # earlier, own and later blocks
     idx = torch.where(idx[..., 1:] == idx[..., :-1], -1, idx[..., 1:])
     p = patterns.selected(idx, block, True, S - T)
-    assert_close("selected", flex._selected(q, k, v, p, None), sa.naive.naive_attention(q, k, v, p, None), 1e-5)
+    assert_close("selected", flex._selected(q, k, v, p, None), naive_attention(q, k, v, p, None), 1e-5)
 
 
 @pytest.mark.cuda

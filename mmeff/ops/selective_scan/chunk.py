@@ -122,9 +122,9 @@ def _prepare(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor
     segments = _segments(r, k, q * n * e, SEGMENT_SIZE)
     rows = "r e k q -> r k q e"
     x_, dt_ = rearrange(x, rows), rearrange(dt, rows)
-    return _Chunks(x_, dt_, _to_chunks(x_, eye)[..., None, :], _to_chunks(dt_, torch.ones_like(eye).tril_())[..., None, :],
-                   A_[:, None, None], A2[:, None, None], B_[..., None], C_[:, :, :, None], eye, segments,
-                   _fallback(A_, A2, x, dt, B4, segments))
+    x5, cum5 = (_to_chunks(t, m)[..., None, :] for t, m in ((x_, eye), (dt_, torch.ones_like(eye).tril_())))
+    return _Chunks(x_, dt_, x5, cum5, A_[:, None, None], A2[:, None, None], B_[..., None],
+                   C_[:, :, :, None], eye, segments, _fallback(A_, A2, x, dt, B4, segments))
 
 
 def _fallback(A: torch.Tensor, A2: torch.Tensor, x: torch.Tensor, dt: torch.Tensor, B: torch.Tensor,

@@ -93,27 +93,36 @@ def _pairs_attention(pr, p: Pattern, S: int, scale: Optional[float]):
     bkp = tpb * TILE
     nb = _bucket(nseg)  # padded tiles: their outputs are never read
     qs = torch.nn.functional.pad(pr.qs, (0, 0, 0, 0, 0, nb - nseg)).view(1, 1, nb * TILE, D)
-    kv = [torch.nn.functional.pad(t.view(t.shape[0], bk, -1), (0, 0, 0, bkp - bk)).view(1, 1, -1, t.shape[1] // bk)
-          for t in (pr.kb, pr.vb)]
+    kv = [torch.nn.functional.pad(t.view(t.shape[0], bk, -1), (0, 0, 0, bkp - bk)).view(1, 1, lk_, -1)
+          for t, lk_ in ((pr.kb, pr.kb.shape[0] * bkp), (pr.vb, pr.vb.shape[0] * bkp))]
     lk = kv[0].shape[2]
-    ka0, lo, hi, bk_t, bkp_t, nkb = _as_tensors((p.k_start // bk, p.k_start, p.k_start + S, bk, bkp, pr.nkb), dev)
+    ka0, lo, hi, bk_t, bkp_t, nkb = (torch.tensor(x, device=dev, dtype=torch.int32) for x in
+                                     (p.k_start // bk, p.k_start, p.k_start + S, bk, bkp, pr.nkb))
 
-    def mask_mod(b, h, qi, kj):  # the key exists: inside its block's bk keys and inside [k_start, k_start + S)
+    def mask_mod(b, h, qi, kj):  # the key exists: among its block's bk keys, in [k_start, k_start + S)
         m = kj % bkp_t
         kp = (ka0 + (kj // bkp_t) % nkb) * bk_t + m
         return (m < bk_t) & (kp >= lo) & (kp < hi)
 
-    key_row = torch.nn.functional.pad(pr.key_row, (0, nb - nseg))
-    kv_num = torch.where(torch.arange(nb, device=dev) < nseg, tpb, 0)
-    kv_idx = key_row[:, None] * tpb + torch.arange(tpb, device=dev)
+    # query tile t (a segment) reads its block's tpb key tiles: "full" where every key exists (no
+    # mask evaluated there), partial at the edges; key tile c is read by its block's segments
+    full_tile = mask_mod(0, 0, 0, torch.arange(lk, device=dev, dtype=torch.int32)).view(-1, TILE).all(1)
+    real = (torch.arange(nb, device=dev) < nseg)[:, None]
+    tiles = torch.nn.functional.pad(pr.key_row, (0, nb - nseg))[:, None] * tpb + torch.arange(tpb, device=dev)
+    full = full_tile[tiles] & real
+    part = ~full_tile[tiles] & real
     segs = torch.bincount(pr.key_row, minlength=pr.kb.shape[0])  # segments of each key block, in order
     start = segs.cumsum(0) - segs
     r = torch.div(torch.arange(lk // TILE, device=dev), tpb, rounding_mode="floor")
     q_idx = (start[r][:, None] + torch.arange(max(1, int(segs.max())), device=dev)).clamp(max=nb - 1)
     i32 = lambda t: t.to(torch.int32)[None, None].contiguous()  # noqa: E731
-    mask = BlockMask(seq_lengths=(nb * TILE, lk), kv_num_blocks=i32(kv_num), kv_indices=i32(kv_idx),
-                     full_kv_num_blocks=None, full_kv_indices=None, q_num_blocks=i32(segs[r]),
-                     q_indices=i32(q_idx), full_q_num_blocks=None, full_q_indices=None,
+    def first(sel):  # the selected tiles of each row first
+        return torch.gather(tiles, 1, torch.argsort((~sel).to(torch.uint8), dim=1, stable=True))
+
+    mask = BlockMask(seq_lengths=(nb * TILE, lk), kv_num_blocks=i32(part.sum(1)), kv_indices=i32(first(part)),
+                     full_kv_num_blocks=i32(full.sum(1)), full_kv_indices=i32(first(full)),
+                     q_num_blocks=i32(torch.where(full_tile, 0, segs[r])), q_indices=i32(q_idx),
+                     full_q_num_blocks=i32(torch.where(full_tile, segs[r], 0)), full_q_indices=i32(q_idx),
                      BLOCK_SIZE=(TILE, TILE), mask_mod=mask_mod)
     o, lse = _flex()(qs, *kv, block_mask=mask, scale=scale, return_lse=True)
     return o[0, 0, :nseg * TILE], lse[0, 0, :nseg * TILE]
@@ -139,7 +148,8 @@ def _selected(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, p: Pattern, sca
     if causal:
         o_own, lse_own = _own_blocks(q, k, v, p, scale)
         o_own = rearrange(o_own, "b (h g) t d -> (b h t g) 1 d", g=G)
-        lse_own = rearrange(lse_own.float(), "b (h g) t -> (b h t g) 1", g=G).masked_fill(~pr.own[:, None], NEG)
+        lse_own = rearrange(lse_own.float(), "b (h g) t -> (b h t g) 1", g=G)
+        lse_own = lse_own.masked_fill(~pr.own[:, None], NEG)
         part, lse = torch.cat([part, o_own.to(part.dtype)], 1), torch.cat([lse, lse_own], 1)
         seen = torch.cat([seen, pr.own[:, None]], 1)
     return merge(pr, part, lse, seen)
