@@ -12,7 +12,8 @@ recompile; a new structure (rule, causal flags, grid rank) or shape (lengths, he
 compiles once (FlexAttention's dynamic-shape lowering is not reliable in torch 2.11).  Hitting
 torch.compile's recompile limit would silently fall back to an unfused kernel that materialises
 T*S scores, so the limit is raised to ``RECOMPILE_LIMIT`` and, past ``MAX_VARIANTS`` compiled
-variants, new ones take the gather path with a warning.  Short query chunks (decoding,
+variants, new ones take the gather path with a warning (per-token selections compile once per
+bucket of their pair-tile count, rounded up to one of 8 steps per power of two, and count those).  Short query chunks (decoding,
 ``T < MIN_QUERIES``) take the gather path instead of compiling for every cache length.
 """
 from __future__ import annotations
@@ -138,6 +139,13 @@ def _selected(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, p: Pattern, sca
     causal = p.rule is not None
     pr = pairs(q, k, v, p, TILE, own_apart=causal)
     B, Hk, G = pr.heads
+    nb, bkp = _bucket(pr.qs.shape[0]), -(-p.block_k // TILE) * TILE
+    variant = ("pairs", nb, pr.kb.shape[0] * bkp, q.shape[-1], v.shape[-1], q.dtype)
+    if variant not in _VARIANTS and len(_VARIANTS) >= MAX_VARIANTS:
+        logger.warning("mmeff sparse attention: %d FlexAttention variants compiled already; "
+                       "running these selections on the gather path", len(_VARIANTS))
+        return gather_attention(q, k, v, p, scale)
+    _VARIANTS.add(variant)
     if pr.qs.shape[0]:
         o, lse = _pairs_attention(pr, p, k.shape[1], scale)
         part, lse, seen = slots(pr, o, lse, lse > float("-inf"))
