@@ -13,8 +13,9 @@ compiles once (FlexAttention's dynamic-shape lowering is not reliable in torch 2
 torch.compile's recompile limit would silently fall back to an unfused kernel that materialises
 T*S scores, so the limit is raised to ``RECOMPILE_LIMIT`` and, past ``MAX_VARIANTS`` compiled
 variants, new ones take the gather path with a warning (per-token selections compile once per
-bucket of their pair-tile count, rounded up to one of 8 steps per power of two, and count those).  Short query chunks (decoding,
-``T < MIN_QUERIES``) take the gather path instead of compiling for every cache length.
+bucket of their pair-tile count, rounded up to one of 8 steps per power of two, and count those).
+Short query chunks (decoding, ``T < MIN_QUERIES``) take the gather path instead of compiling for
+every cache length.
 """
 from __future__ import annotations
 
@@ -59,11 +60,23 @@ def _bucket(n: int) -> int:
     return -(-n // step) * step
 
 
+def _static_mask(key: tuple, mask_mod: Callable, T: int, S: int, device):
+    """The BlockMask of a static pattern, built once for its ``key`` (numbers and lengths) and
+    kept among the ``MAX_MASKS`` most recently used."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    mask = _MASKS.pop(key, None)
+    if mask is None:
+        mask = create_block_mask(mask_mod, None, None, T, S, device=device, _compile=True)
+    _MASKS[key] = mask  # most recently used last
+    if len(_MASKS) > MAX_MASKS:
+        _MASKS.pop(next(iter(_MASKS)))
+    return mask
+
+
 def _own_blocks(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, p: Pattern, scale: Optional[float]):
     """Causal attention of every query inside its own key block: outputs ``[B, H, T, Dv]`` and
     log-sum-exps ``[B, H, T]`` (a static pattern: its block mask is built once)."""
-    from torch.nn.attention.flex_attention import create_block_mask
-
     T, S, H, Hk = q.shape[1], k.shape[1], q.shape[2], k.shape[2]
     q_start, k_start, bk = _as_tensors((p.q_start, p.k_start, p.block_k), q.device)
 
@@ -71,28 +84,21 @@ def _own_blocks(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, p: Pattern, s
         qp, kp = qi + q_start, kj + k_start
         return (kp // bk == qp // bk) & (kp <= qp)
 
-    key = ("own block", p.block_k, p.q_start, p.k_start, T, S, str(q.device))
-    mask = _MASKS.pop(key, None)
-    if mask is None:
-        mask = create_block_mask(mask_mod, None, None, T, S, device=q.device, _compile=True)
-    _MASKS[key] = mask
-    if len(_MASKS) > MAX_MASKS:
-        _MASKS.pop(next(iter(_MASKS)))
+    mask = _static_mask(("own block", p.block_k, p.q_start, p.k_start, T, S, str(q.device)), mask_mod,
+                        T, S, q.device)
     return _flex()(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), block_mask=mask, scale=scale,
                    enable_gqa=H != Hk, return_lse=True)
 
 
-def _pairs_attention(pr, p: Pattern, S: int, scale: Optional[float]):
-    """FlexAttention of the pairs' query tiles, each on the whole of its key block: partial outputs
-    ``[nSeg * TILE, Dv]`` and log-sum-exps.  Key blocks are padded to whole tiles, so a tile's keys
-    are its block's; the mask is arithmetic on the key index alone (no gathers in the kernel)."""
+def _pairs_attention(pr, p: Pattern, S: int, scale: Optional[float], nb: int, tpb: int):
+    """FlexAttention of the pairs' query tiles (padded to ``nb``: their outputs are never read),
+    each on the whole of its key block: partial outputs ``[nSeg * TILE, Dv]`` and log-sum-exps.
+    Key blocks are padded to whole tiles (``tpb`` each), so a tile's keys are its block's; the mask
+    is arithmetic on the key index alone (no gathers in the kernel)."""
     from torch.nn.attention.flex_attention import BlockMask
 
-    bk, dev = p.block_k, pr.qs.device
+    bk, dev, bkp = p.block_k, pr.qs.device, tpb * TILE
     nseg, D = pr.qs.shape[0], pr.qs.shape[-1]
-    tpb = -(-bk // TILE)  # tiles per (padded) key block
-    bkp = tpb * TILE
-    nb = _bucket(nseg)  # padded tiles: their outputs are never read
     qs = torch.nn.functional.pad(pr.qs, (0, 0, 0, 0, 0, nb - nseg)).view(1, 1, nb * TILE, D)
     kv = [torch.nn.functional.pad(t.view(t.shape[0], bk, -1), (0, 0, 0, bkp - bk)).view(1, 1, lk_, -1)
           for t, lk_ in ((pr.kb, pr.kb.shape[0] * bkp), (pr.vb, pr.vb.shape[0] * bkp))]
@@ -116,7 +122,10 @@ def _pairs_attention(pr, p: Pattern, S: int, scale: Optional[float]):
     start = segs.cumsum(0) - segs
     r = torch.div(torch.arange(lk // TILE, device=dev), tpb, rounding_mode="floor")
     q_idx = (start[r][:, None] + torch.arange(max(1, int(segs.max())), device=dev)).clamp(max=nb - 1)
-    i32 = lambda t: t.to(torch.int32)[None, None].contiguous()  # noqa: E731
+
+    def i32(t):
+        return t.to(torch.int32)[None, None].contiguous()
+
     def first(sel):  # the selected tiles of each row first
         return torch.gather(tiles, 1, torch.argsort((~sel).to(torch.uint8), dim=1, stable=True))
 
@@ -139,15 +148,15 @@ def _selected(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, p: Pattern, sca
     causal = p.rule is not None
     pr = pairs(q, k, v, p, TILE, own_apart=causal)
     B, Hk, G = pr.heads
-    nb, bkp = _bucket(pr.qs.shape[0]), -(-p.block_k // TILE) * TILE
-    variant = ("pairs", nb, pr.kb.shape[0] * bkp, q.shape[-1], v.shape[-1], q.dtype)
+    nb, tpb = _bucket(pr.qs.shape[0]), -(-p.block_k // TILE)  # tiles, key tiles per block
+    variant = ("pairs", nb, pr.kb.shape[0] * tpb, q.shape[-1], v.shape[-1], q.dtype)
     if variant not in _VARIANTS and len(_VARIANTS) >= MAX_VARIANTS:
         logger.warning("mmeff sparse attention: %d FlexAttention variants compiled already; "
                        "running these selections on the gather path", len(_VARIANTS))
         return gather_attention(q, k, v, p, scale)
     _VARIANTS.add(variant)
     if pr.qs.shape[0]:
-        o, lse = _pairs_attention(pr, p, k.shape[1], scale)
+        o, lse = _pairs_attention(pr, p, k.shape[1], scale, nb, tpb)
         part, lse, seen = slots(pr, o, lse, lse > float("-inf"))
     else:  # every selection is the query's own block
         part = q.new_zeros(pr.rows, pr.n, v.shape[-1])
@@ -166,8 +175,6 @@ def _selected(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, p: Pattern, sca
 def flex_attention_path(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pattern: Pattern,
                         scale: Optional[float] = None) -> torch.Tensor:
     """FlexAttention of ``q[B, T, H, D]`` on ``k, v[B, S, Hk, *]`` under ``pattern``."""
-    from torch.nn.attention.flex_attention import create_block_mask
-
     B, T, H, _ = q.shape
     S, Hk = k.shape[1], k.shape[2]
     p = pattern
@@ -180,27 +187,19 @@ def flex_attention_path(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, patte
                        "running this new shape/pattern on the gather path", len(_VARIANTS))
         return gather_attention(q, k, v, pattern, scale)
     _VARIANTS.add(variant)
-    if p.selective:
-        limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
-        with torch._dynamo.config.patch(recompile_limit=limit):
-            return _selected(q, k, v, p, scale)
     params = _as_tensors(p.params, q.device)
     q_start, k_start = _as_tensors((p.q_start, p.k_start), q.device)
 
     def mask_mod(b, h, qi, kj):
         return p.rule(qi + q_start, kj + k_start, **params) if p.rule is not None else qi >= 0
 
-    # a static pattern's mask depends on its numbers only: built once
-    key = (p.rule, tuple(sorted(p.params.items())), p.q_start, p.k_start, p.block_q, p.block_k, T, S,
-           str(q.device))
     limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
     with torch._dynamo.config.patch(recompile_limit=limit):
-        mask = _MASKS.pop(key, None)
-        if mask is None:
-            mask = create_block_mask(mask_mod, None, None, T, S, device=q.device, _compile=True)
-        _MASKS[key] = mask  # most recently used last
-        if len(_MASKS) > MAX_MASKS:
-            _MASKS.pop(next(iter(_MASKS)))
+        if p.selective:
+            return _selected(q, k, v, p, scale)
+        key = (p.rule, tuple(sorted(p.params.items())), p.q_start, p.k_start, p.block_q, p.block_k, T, S,
+               str(q.device))  # a static pattern's mask depends on its numbers only: built once
+        mask = _static_mask(key, mask_mod, T, S, q.device)
         o = _flex()(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), block_mask=mask,
                     scale=scale, enable_gqa=H != Hk)
     return o.transpose(1, 2)
