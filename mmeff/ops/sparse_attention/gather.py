@@ -10,7 +10,8 @@ Per-token selections (``block_q == 1``: MoBA, NSA) run key-block-centric, as MoB
 implementation: the (query, selected block) pairs are sorted by key block and cut into segments of
 ``SEGMENT`` queries sharing one key block, so a key block is read once per segment rather than
 once per query; each segment returns partial outputs and log-sum-exps, and every query merges its
-``n`` partials (the softmax over the union of its blocks).
+``n`` partials (the softmax over the union of its blocks).  :func:`pairs`, :func:`slots` and
+:func:`merge` are shared with the CUDA path (flex.py), which attends the same pairs in tiles of 128.
 
 Compute and memory grow with the kept blocks, not with T*S.  Work runs in chunks of bounded size;
 under autograd each chunk is checkpointed, so the backward pass too holds one chunk at a time.
