@@ -147,7 +147,7 @@ def _selected(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, p: Pattern, sca
     Work and memory grow with the pairs, not with T*S."""
     causal = p.rule is not None
     pr = pairs(q, k, v, p, TILE, own_apart=causal)
-    B, Hk, G = pr.heads
+    G = pr.heads[2]
     nb, tpb = _bucket(pr.qs.shape[0]), -(-p.block_k // TILE)  # tiles, key tiles per block
     variant = ("pairs", nb, pr.kb.shape[0] * tpb, q.shape[-1], v.shape[-1], q.dtype)
     if variant not in _VARIANTS and len(_VARIANTS) >= MAX_VARIANTS:
