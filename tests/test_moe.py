@@ -67,6 +67,41 @@ def _check_matches_naive(name, shape):
         assert int(moe.last_dropped) == 0 or name == "expert_choice"
 
 
+@pytest.mark.parametrize("threads", [2, 4])
+@pytest.mark.parametrize("name", ["softmax", "shared_fine_glu", "capacity_drop"])
+def test_padded_segments_match_naive(name, threads):
+    """On CPU the experts run in padded batches of one expert per thread, each batch padded to its
+    own largest group (4 threads over 6 experts: a shorter last batch); output and gradients
+    still equal the reference, and the rows are fewer than one batch padded to the largest group."""
+    torch.set_num_threads(threads)
+    moe = _moe(**CONFIGS[name])
+    with torch.no_grad():  # uneven loads: experts 0 and 3 favoured
+        moe.expert_bias.copy_(torch.tensor([0.3, 0, 0, 0.2, 0, 0]))
+    idx, _ = moe.select(moe.scores(moe.router_logits(torch.randn(75, 60))))
+    _, rows, segments, load, _ = moe._token_choice(idx, grouped=False)
+    kept = load.tolist() if moe.capacity_factor is None else load.clamp(max=moe.capacity(75)).tolist()
+    assert [(s.start, s.stop) for s in segments] == [(i, min(i + threads, 6)) for i in range(0, 6, threads)]
+    assert [s.cap for s in segments] == [max(kept[s.start:s.stop]) for s in segments]
+    assert rows == segments[-1].end == sum((s.stop - s.start) * s.cap for s in segments) < 6 * max(kept)
+    _check_matches_naive(name, (75, 60))
+
+
+def test_segmented_linear_gradcheck():
+    """The padded-segment linear in float64: segments of 2, 1 and 3 experts, one without rows."""
+    segments = (moe_module._Segment(0, 2, 3, 0), moe_module._Segment(2, 3, 0, 6),
+                moe_module._Segment(3, 6, 2, 6))
+    opts = dict(dtype=torch.float64, requires_grad=True)
+    a, w, b = torch.randn(12, 4, **opts), torch.randn(6, 4, 5, **opts), torch.randn(6, 5, **opts)
+    assert torch.autograd.gradcheck(lambda *t: moe_module._SegmentedLinear.apply(*t, segments),
+                                    (a, w, b))
+    y = moe_module._SegmentedLinear.apply(a, w, None, segments)
+    torch.testing.assert_close(y[7], a[7] @ w[3])       # row 7: second row of expert 3
+    torch.testing.assert_close(y[10], a[10] @ w[5])     # rows 10-11: expert 5
+    w.grad = None
+    y.sum().backward()
+    assert w.grad[2].abs().sum() == 0                   # expert 2 had no rows
+
+
 def test_gather_only_rows_gradcheck():
     """Gather + gated combine through the gather-only autograd functions, in float64: tokens with
     two rows, one, none (all dropped); an empty padding row; weights scattered from the gates."""

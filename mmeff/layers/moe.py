@@ -12,10 +12,12 @@ Papers:
 - MegaBlocks (dropless MoE as grouped matmuls): https://arxiv.org/abs/2211.15841
 - Sparse upcycling: https://arxiv.org/abs/2212.05055
 
-Dispatch sorts the (token, expert) assignments by expert and runs all experts at once: one
-``torch.nn.functional.grouped_mm`` over the jagged groups on CUDA sm90+ in bf16, otherwise one
-``torch.bmm`` over the groups padded to the largest one (CPU, other GPUs, fp32/fp16); no Python
-loop over tokens or experts.  On CUDA the rows move with ``index_select`` and the gated combine is
+Dispatch sorts the (token, expert) assignments by expert and runs the experts as batched matmuls:
+one ``torch.nn.functional.grouped_mm`` over the jagged groups on CUDA sm90+ in bf16, otherwise
+``torch.bmm`` over groups padded to a common length (other GPUs, fp32/fp16: one bmm of all
+experts padded to the largest group; CPU: one bmm per segment of as many consecutive experts as
+threads, each segment padded to its own largest group, see :func:`_segment_span`); no Python loop
+over tokens.  On CUDA the rows move with ``index_select`` and the gated combine is
 one ``index_add_``.  On CPU, where a multi-threaded scatter-add (``index_add_``, and the backward
 of ``index_select``) is many times slower than a gather, every row movement is a gather both ways:
 the combine is one ``embedding_bag`` (sum of each token's rows weighted by their gates) and the
@@ -26,13 +28,14 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Callable, Dict, Mapping, NamedTuple, Optional, Tuple, Type, Union
+from typing import Callable, Dict, List, Mapping, NamedTuple, Optional, Tuple, Type, Union
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from timm.layers import GluMlp, Mlp
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 from .._utils import check_positive, unknown_name_error
 
@@ -96,8 +99,9 @@ class MoE(nn.Module):
         z_loss_coef: weight of the router z-loss ``mean(logsumexp(logits)^2)`` (ST-MoE uses 1e-3).
         causal: the layer sits in a causal model (rules out expert choice).
         impl: ``'auto'``, ``'grouped_mm'`` or ``'bmm'`` (expert-choice groups are equal: always bmm).
-            ``'auto'`` takes grouped_mm on CUDA sm90+ in bf16 and bmm otherwise (CPU included: one
-            batched matmul beats per-expert matmuls there, each of which syncs the thread pool).
+            ``'auto'`` takes grouped_mm on CUDA sm90+ in bf16 and bmm otherwise (CPU included: a
+            batched matmul that hands each thread whole experts beats per-expert matmuls there,
+            each of which syncs the thread pool).
     """
 
     def __init__(self, in_features: int, hidden_features: Optional[int] = None,
@@ -241,10 +245,12 @@ class MoE(nn.Module):
         bench config, ~40% of its forward time)."""
         return linear(self._activate(linear(rows(), self.w1, self.b1)), self.w2, self.b2)
 
-    def _experts_bmm(self, rows: Callable[[], torch.Tensor]) -> torch.Tensor:  # [E, C, D] -> [E, C, D_out]
-        def linear(a, w, b):  # add_ in place: cheaper on CPU than baddbmm's broadcast copy
-            y = torch.bmm(a, w)
-            return y if b is None else y.add_(b[:, None].to(y.dtype))
+    def _experts_padded(self, rows: Callable[[], torch.Tensor], segments: Tuple["_Segment", ...],
+                        dtype: torch.dtype) -> torch.Tensor:
+        """Rows ``[R, D]`` laid out in padded ``segments`` (one bmm each), matmuls in ``dtype``."""
+        def linear(a, w, b):
+            return _SegmentedLinear.apply(a.to(dtype), w.to(dtype),
+                                          None if b is None else b.to(dtype), segments)
 
         return self._experts(rows, linear)
 
@@ -281,13 +287,14 @@ class MoE(nn.Module):
                 and aligned and torch.cuda.get_device_capability(x.device) >= (9, 0))
 
     # ---------------------------------------------------------------- dispatch
-    def _token_choice(self, idx: torch.Tensor, grouped: bool) -> Tuple[torch.Tensor, ...]:
+    def _token_choice(self, idx: torch.Tensor, grouped: bool) -> Tuple[object, ...]:
         """Rows of the sorted-by-expert layout for the choices ``idx[N, k]``; ``grouped`` picks
-        grouped_mm's jagged groups over the bmm batch padded to the largest group.
+        grouped_mm's jagged groups over padded segments of experts (:func:`_padded_segments`).
 
-        Returns ``(row_of[N, k], rows, kept[E], load[E], dropped)``: the row of each assignment
-        (``rows`` when dropped), the row count, rows kept per expert, assignments routed to each
-        expert (before dropping) and the dropped count.
+        Returns ``(row_of[N, k], rows, groups, load[E], dropped)``: the row of each assignment
+        (``rows`` when dropped), the row count, the layout (grouped: rows kept per expert ``[E]``;
+        padded: the segments), assignments routed to each expert (before dropping) and the
+        dropped count.
         """
         (n, k), num_e, dev = idx.shape, self.num_experts, idx.device
         expert = idx.t().reshape(-1)                             # [k*N] first choices first
@@ -301,15 +308,15 @@ class MoE(nn.Module):
         cap = self.capacity(n)
         kept = load if cap is None else load.clamp(max=cap)
         if grouped:  # jagged groups, no padding; a static row count avoids a host sync
-            rows = n * k
-            row = (kept.cumsum(0) - kept).index_select(0, expert) + rank
-        else:        # one padded batch [E, C, D] with C = the largest kept group
-            c = int(kept.max())
-            rows = num_e * c
-            row = expert * c + rank
+            rows, groups = n * k, kept
+            start = kept.cumsum(0) - kept
+        else:
+            groups, start = _padded_segments(kept.tolist(), _segment_span(dev, num_e))
+            rows, start = groups[-1].end, torch.tensor(start, device=dev)
+        row = start.index_select(0, expert) + rank
         if cap is not None:
             row = torch.where(rank < cap, row, rows)            # dropped -> no row
-        return row.view(k, n).t(), rows, kept, load, load.sum() - kept.sum()
+        return row.view(k, n).t(), rows, groups, load, load.sum() - kept.sum()
 
     def _expert_choice(self, scores: torch.Tensor, length: int) -> Tuple[torch.Tensor, ...]:
         """Each expert takes its top-c tokens of each sequence of ``length`` tokens by
@@ -326,7 +333,8 @@ class MoE(nn.Module):
         row_of = torch.full_like(scores, rows, dtype=torch.long)       # [G*L, E]
         row_of.scatter_(0, rearrange(token, "g c e -> (g c) e"), rearrange(row, "g c e -> (g c) e"))
         load = torch.full((num_e,), g * c, dtype=torch.long, device=dev)
-        return row_of, rows, load, (row_of == rows).all(1).sum()
+        segments = (_Segment(0, num_e, g * c, 0),)
+        return row_of, rows, segments, load, (row_of == rows).all(1).sum()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [..., D] -> [..., D_out]
         if x.shape[-1] != self.in_features:
@@ -336,22 +344,21 @@ class MoE(nn.Module):
         scores = self.scores(logits)
         grouped = False
         if self.router_type == "expert_choice":
-            row_of, rows, load, dropped = self._expert_choice(
+            row_of, rows, groups, load, dropped = self._expert_choice(
                 scores, x.shape[-2] if x.dim() > 2 else x.shape[0])
             gates = scores                                       # [N, E], rows only where picked
         else:
             idx, gates = self.select(scores)
             grouped = self._use_grouped(x)
-            row_of, rows, kept, load, dropped = self._token_choice(idx, grouped)
+            row_of, rows, groups, load, dropped = self._token_choice(idx, grouped)
         _announce(x.device, grouped)
         placed = _place(row_of, rows)
         weight = gates.new_zeros(rows + 1).scatter(0, row_of.reshape(-1), gates.reshape(-1))[:rows]
-        if grouped:  # rows [R, D] grouped by expert, gathered on demand (see _experts)
-            yr = self._experts_grouped(lambda: placed.gather(xf), kept, rows, _compute_dtype(x))
+        gather, dtype = lambda: placed.gather(xf), _compute_dtype(x)  # on demand (see _experts)
+        if grouped:
+            yr = self._experts_grouped(gather, groups, rows, dtype)     # [R, D_out]
         else:
-            yr = self._experts_bmm(lambda: rearrange(placed.gather(xf), "(e c) d -> e c d",
-                                                     e=self.num_experts))
-            yr = rearrange(yr, "e c d -> (e c) d")
+            yr = self._experts_padded(gather, groups, dtype)
         shared = self.shared(xf) if self.shared is not None else None
         y = placed.combine(yr, weight, shared)                   # [N, D_out]
         self.aux_loss = self._aux_loss(logits, scores, load)
@@ -456,6 +463,79 @@ def _compute_dtype(x: torch.Tensor) -> torch.dtype:
     return x.dtype
 
 
+class _Segment(NamedTuple):
+    """Experts ``[start, stop)`` of one padded batch: ``cap`` rows each (the largest of their
+    groups, the rest padding), in rows ``[row, end)`` of the ``[R, D]`` layout."""
+    start: int
+    stop: int
+    cap: int
+    row: int
+
+    @property
+    def end(self) -> int:
+        return self.row + (self.stop - self.start) * self.cap
+
+    def batch(self, t: torch.Tensor) -> torch.Tensor:  # [R, D] -> [stop - start, cap, D] (a view)
+        return t[self.row:self.end].view(self.stop - self.start, self.cap, t.shape[-1])
+
+
+def _segment_span(device: torch.device, num_experts: int) -> int:
+    """Experts per padded batch.  On CPU one per thread: a bmm hands each thread whole experts (no
+    sync inside a small matmul), and each batch pads only to its own largest group (64-expert bench
+    config, 2 threads: ~5% padding instead of ~25% for one batch of all experts).  Elsewhere all
+    experts: one launch."""
+    return torch.get_num_threads() if device.type == "cpu" else num_experts
+
+
+def _padded_segments(kept: List[int], span: int) -> Tuple[Tuple[_Segment, ...], List[int]]:
+    """Consecutive experts in segments of ``span``, each padded to its largest group of
+    ``kept[E]`` rows.  Returns the segments and each expert's first row."""
+    segments, first, row = [], [], 0
+    for start in range(0, len(kept), span):
+        stop = min(start + span, len(kept))
+        segment = _Segment(start, stop, max(kept[start:stop]), row)
+        segments.append(segment)
+        first += [row + i * segment.cap for i in range(stop - start)]
+        row = segment.end
+    return tuple(segments), first
+
+
+class _SegmentedLinear(torch.autograd.Function):
+    """``y[r] = a[r] @ w[e] + b[e]`` for the rows ``a[R, K]`` of each expert ``e``, laid out in
+    padded segments: one bmm per segment, each written in place into ``y[R, N]`` (and the same for
+    the gradients: no concatenation either way).  ``b`` may be None."""
+
+    @staticmethod
+    def forward(ctx, a, w, b, segments):  # [R, K], [E, K, N], [E, N] -> [R, N]
+        ctx.save_for_backward(a, w)
+        ctx.segments = segments
+        y = a.new_empty(a.shape[0], w.shape[2])
+        for s in segments:
+            out = torch.bmm(s.batch(a), w[s.start:s.stop], out=s.batch(y))
+            if b is not None:
+                out.add_(b[s.start:s.stop, None])
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_y):  # [R, N] -> [R, K], [E, K, N], [E, N]
+        a, w = ctx.saved_tensors
+        need_a, need_w, need_b = ctx.needs_input_grad[:3]
+        grad_y = grad_y.contiguous()
+        grad_a = torch.empty_like(a) if need_a else None
+        grad_w = torch.empty_like(w) if need_w else None
+        grad_b = grad_y.new_empty(w.shape[0], w.shape[2]) if need_b else None
+        for s in ctx.segments:
+            g, experts = s.batch(grad_y), slice(s.start, s.stop)
+            if need_a:
+                torch.bmm(g, w[experts].transpose(1, 2), out=s.batch(grad_a))
+            if need_w:  # a segment without rows (cap 0) has zero gradients
+                torch.bmm(s.batch(a).transpose(1, 2), g, out=grad_w[experts])
+            if need_b:
+                torch.sum(g, 1, out=grad_b[experts])
+        return grad_a, grad_w, grad_b, None
+
+
 def _place(row_of: torch.Tensor, rows: int) -> "_Placement":
     """The :class:`_Placement` of ``row_of[N, m]``: the row of each of a token's m assignments
     (``rows`` where there is none) among ``rows`` rows."""
@@ -542,9 +622,11 @@ def _announce(device: torch.device, grouped: bool) -> None:
     key = (device.type, grouped)
     if key not in _ANNOUNCED:
         _ANNOUNCED.add(key)
-        logger.warning("mmeff MoE on %s: experts run as one %s; rows move by %s", device.type,
-                       "grouped matmul (torch grouped_mm)" if grouped
-                       else "padded batched matmul (torch.bmm)",
+        logger.warning("mmeff MoE on %s: experts run as %s; rows move by %s", device.type,
+                       "one grouped matmul (torch grouped_mm)" if grouped
+                       else "padded batched matmuls (torch.bmm, %s)" % (
+                           "one per segment of as many experts as threads" if device.type == "cpu"
+                           else "one for all experts"),
                        "gathers only (embedding_bag combine)" if device.type in _GATHER_ONLY_DEVICES
                        else "index_select and an index_add_ combine")
 
