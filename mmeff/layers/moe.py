@@ -575,7 +575,7 @@ class _Placement(NamedTuple):
                                                                          yr.shape[1])
             return y.index_add_(0, self.index, yr * weight[:, None])
         y = _CombineRows.apply(yr, weight, self.index, self.order, self.offsets)
-        return y if base is None else y + base.to(y.dtype)
+        return y if base is None else y.add_(base.to(y.dtype))  # y is fresh: added in place
 
 
 class _GatherRows(torch.autograd.Function):
