@@ -80,16 +80,16 @@ def test_padded_segments_match_naive(name, threads):
     idx, _ = moe.select(moe.scores(moe.router_logits(torch.randn(75, 60))))
     _, rows, segments, load, _ = moe._token_choice(idx, grouped=False)
     kept = load.tolist() if moe.capacity_factor is None else load.clamp(max=moe.capacity(75)).tolist()
-    assert [(s.start, s.stop) for s in segments] == [(i, min(i + threads, 6)) for i in range(0, 6, threads)]
-    assert [s.cap for s in segments] == [max(kept[s.start:s.stop]) for s in segments]
-    assert rows == segments[-1].end == sum((s.stop - s.start) * s.cap for s in segments) < 6 * max(kept)
+    starts = range(0, 6, threads)
+    assert segments.counts == tuple(min(threads, 6 - i) for i in starts)
+    assert segments.caps == tuple(max(kept[i:i + threads]) for i in starts)
+    assert rows == segments.rows == sum(n * c for n, c in zip(*segments)) < 6 * max(kept)
     _check_matches_naive(name, (75, 60))
 
 
 def test_segmented_linear_gradcheck():
     """The padded-segment linear in float64: segments of 2, 1 and 3 experts, one without rows."""
-    segments = (moe_module._Segment(0, 2, 3, 0), moe_module._Segment(2, 3, 0, 6),
-                moe_module._Segment(3, 6, 2, 6))
+    segments = moe_module._Segments(counts=(2, 1, 3), caps=(3, 0, 2))  # rows 0-5, none, 6-11
     opts = dict(dtype=torch.float64, requires_grad=True)
     a, w, b = torch.randn(12, 4, **opts), torch.randn(6, 4, 5, **opts), torch.randn(6, 5, **opts)
     assert torch.autograd.gradcheck(lambda *t: moe_module._SegmentedLinear.apply(*t, segments),

@@ -245,7 +245,7 @@ class MoE(nn.Module):
         bench config, ~40% of its forward time)."""
         return linear(self._activate(linear(rows(), self.w1, self.b1)), self.w2, self.b2)
 
-    def _experts_padded(self, rows: Callable[[], torch.Tensor], segments: Tuple["_Segment", ...],
+    def _experts_padded(self, rows: Callable[[], torch.Tensor], segments: "_Segments",
                         dtype: torch.dtype) -> torch.Tensor:
         """Rows ``[R, D]`` laid out in padded ``segments`` (one bmm each), matmuls in ``dtype``."""
         def linear(a, w, b):
@@ -312,7 +312,7 @@ class MoE(nn.Module):
             start = kept.cumsum(0) - kept
         else:
             groups, start = _padded_segments(kept.tolist(), _segment_span(dev, num_e))
-            rows, start = groups[-1].end, torch.tensor(start, device=dev)
+            rows, start = groups.rows, torch.tensor(start, device=dev)
         row = start.index_select(0, expert) + rank
         if cap is not None:
             row = torch.where(rank < cap, row, rows)            # dropped -> no row
@@ -333,7 +333,7 @@ class MoE(nn.Module):
         row_of = torch.full_like(scores, rows, dtype=torch.long)       # [G*L, E]
         row_of.scatter_(0, rearrange(token, "g c e -> (g c) e"), rearrange(row, "g c e -> (g c) e"))
         load = torch.full((num_e,), g * c, dtype=torch.long, device=dev)
-        segments = (_Segment(0, num_e, g * c, 0),)
+        segments = _Segments((num_e,), (g * c,))
         return row_of, rows, segments, load, (row_of == rows).all(1).sum()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [..., D] -> [..., D_out]
@@ -463,20 +463,23 @@ def _compute_dtype(x: torch.Tensor) -> torch.dtype:
     return x.dtype
 
 
-class _Segment(NamedTuple):
-    """Experts ``[start, stop)`` of one padded batch: ``cap`` rows each (the largest of their
-    groups, the rest padding), in rows ``[row, end)`` of the ``[R, D]`` layout."""
-    start: int
-    stop: int
-    cap: int
-    row: int
+class _Segments(NamedTuple):
+    """Consecutive experts in padded batches: segment i holds ``counts[i]`` experts with ``caps[i]``
+    rows each (the largest of their groups, the rest padding), segment after segment in the rows
+    ``[R, D]`` of the layout."""
+    counts: Tuple[int, ...]
+    caps: Tuple[int, ...]
 
     @property
-    def end(self) -> int:
-        return self.row + (self.stop - self.start) * self.cap
+    def rows(self) -> int:
+        return sum(n * c for n, c in zip(self.counts, self.caps))
 
-    def batch(self, t: torch.Tensor) -> torch.Tensor:  # [R, D] -> [stop - start, cap, D] (a view)
-        return t[self.row:self.end].view(self.stop - self.start, self.cap, t.shape[-1])
+    def batches(self, t: torch.Tensor) -> List[torch.Tensor]:  # [R, D] -> [count, cap, D] views
+        pieces = t.split([n * c for n, c in zip(self.counts, self.caps)])
+        return [p.view(n, c, t.shape[-1]) for n, c, p in zip(self.counts, self.caps, pieces)]
+
+    def experts(self, t: Optional[torch.Tensor]) -> List[Optional[torch.Tensor]]:  # [E, ...] -> [count, ...]
+        return [None] * len(self.counts) if t is None else list(t.split(self.counts))
 
 
 def _segment_span(device: torch.device, num_experts: int) -> int:
@@ -487,52 +490,58 @@ def _segment_span(device: torch.device, num_experts: int) -> int:
     return torch.get_num_threads() if device.type == "cpu" else num_experts
 
 
-def _padded_segments(kept: List[int], span: int) -> Tuple[Tuple[_Segment, ...], List[int]]:
+def _padded_segments(kept: List[int], span: int) -> Tuple[_Segments, List[int]]:
     """Consecutive experts in segments of ``span``, each padded to its largest group of
     ``kept[E]`` rows.  Returns the segments and each expert's first row."""
-    segments, first, row = [], [], 0
+    counts, caps, first, row = [], [], [], 0
     for start in range(0, len(kept), span):
-        stop = min(start + span, len(kept))
-        segment = _Segment(start, stop, max(kept[start:stop]), row)
-        segments.append(segment)
-        first += [row + i * segment.cap for i in range(stop - start)]
-        row = segment.end
-    return tuple(segments), first
+        group = kept[start:start + span]
+        counts.append(len(group))
+        caps.append(max(group))
+        first += range(row, row + len(group) * caps[-1], caps[-1]) if caps[-1] else [row] * len(group)
+        row += len(group) * caps[-1]
+    return _Segments(tuple(counts), tuple(caps)), first
 
 
 class _SegmentedLinear(torch.autograd.Function):
     """``y[r] = a[r] @ w[e] + b[e]`` for the rows ``a[R, K]`` of each expert ``e``, laid out in
-    padded segments: one bmm per segment, each written in place into ``y[R, N]`` (and the same for
-    the gradients: no concatenation either way).  ``b`` may be None."""
+    padded segments: one batched matmul per segment, each written in place into ``y[R, N]`` (and
+    the same for the gradients: no concatenation either way).  ``b`` may be None."""
 
     @staticmethod
     def forward(ctx, a, w, b, segments):  # [R, K], [E, K, N], [E, N] -> [R, N]
         ctx.save_for_backward(a, w)
         ctx.segments = segments
         y = a.new_empty(a.shape[0], w.shape[2])
-        for s in segments:
-            out = torch.bmm(s.batch(a), w[s.start:s.stop], out=s.batch(y))
-            if b is not None:
-                out.add_(b[s.start:s.stop, None])
+        bias = segments.experts(None if b is None else b.unsqueeze(1))
+        for a_s, w_s, b_s, y_s in zip(segments.batches(a), segments.experts(w), bias,
+                                      segments.batches(y)):
+            if b_s is None:
+                torch.bmm(a_s, w_s, out=y_s)
+            else:
+                torch.baddbmm(b_s, a_s, w_s, out=y_s)
         return y
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_y):  # [R, N] -> [R, K], [E, K, N], [E, N]
         a, w = ctx.saved_tensors
+        seg = ctx.segments
         need_a, need_w, need_b = ctx.needs_input_grad[:3]
         grad_y = grad_y.contiguous()
         grad_a = torch.empty_like(a) if need_a else None
         grad_w = torch.empty_like(w) if need_w else None
         grad_b = grad_y.new_empty(w.shape[0], w.shape[2]) if need_b else None
-        for s in ctx.segments:
-            g, experts = s.batch(grad_y), slice(s.start, s.stop)
-            if need_a:
-                torch.bmm(g, w[experts].transpose(1, 2), out=s.batch(grad_a))
-            if need_w:  # a segment without rows (cap 0) has zero gradients
-                torch.bmm(s.batch(a).transpose(1, 2), g, out=grad_w[experts])
-            if need_b:
-                torch.sum(g, 1, out=grad_b[experts])
+        none = [None] * len(seg.counts)
+        for g, a_s, w_s, ga, gw, gb in zip(seg.batches(grad_y), seg.batches(a), seg.experts(w),
+                                           seg.batches(grad_a) if need_a else none,
+                                           seg.experts(grad_w), seg.experts(grad_b)):
+            if ga is not None:
+                torch.bmm(g, w_s.transpose(1, 2), out=ga)
+            if gw is not None:  # a segment without rows (cap 0) has zero gradients
+                torch.bmm(a_s.transpose(1, 2), g, out=gw)
+            if gb is not None:
+                torch.sum(g, 1, out=gb)
         return grad_a, grad_w, grad_b, None
 
 
