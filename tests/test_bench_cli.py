@@ -28,15 +28,16 @@ def test_measure_and_ratios():
 
 
 def test_measure_all_interleaves_and_honours_overrides():
-    """Timed calls alternate between implementations (a speed drift hits all alike); per-name
-    overrides set warm-up, repeats and a time budget."""
+    """Timed calls alternate between implementations (a speed drift hits all alike), in an order
+    rotated each round; per-name overrides set warm-up, repeats and a time budget."""
     calls = []
     fns = {"a": lambda: calls.append("a"), "b": lambda: calls.append("b"),
            "slow": lambda: (calls.append("slow"), time.sleep(0.03))}
     res = measure_all(fns, "cpu", warmup=1, repeat=4, overrides={"slow": {"warmup": 0, "max_seconds": 0.05}})
-    # warm-ups, then rounds a b slow | a b slow | a b | a b (slow stops after its budget), then the
-    # one peak-memory call of each
-    assert calls == ["a", "b"] + ["a", "b", "slow"] * 2 + ["a", "b"] * 2 + ["a", "b", "slow"]
+    # warm-ups, then rounds a b slow | b slow a | a b | b a (slow stops after its budget), then
+    # the one peak-memory call of each
+    assert calls == (["a", "b"] + ["a", "b", "slow"] + ["b", "slow", "a"] + ["a", "b"] + ["b", "a"]
+                     + ["a", "b", "slow"])
     assert [res[n].repeat for n in ("a", "b", "slow")] == [4, 4, 2]
     assert res["slow"].ms >= 30 > res["a"].ms
 

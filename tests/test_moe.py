@@ -79,7 +79,7 @@ def test_padded_segments_match_naive(name, threads):
         moe.expert_bias.copy_(torch.tensor([0.3, 0, 0, 0.2, 0, 0]))
     idx, _ = moe.select(moe.scores(moe.router_logits(torch.randn(75, 60))))
     _, rows, segments, load, _ = moe._token_choice(idx, grouped=False)
-    kept = load.tolist() if moe.capacity_factor is None else load.clamp(max=moe.capacity(75)).tolist()
+    kept = (load if moe.capacity_factor is None else load.clamp(max=moe.capacity(75))).tolist()
     starts = range(0, 6, threads)
     assert segments.counts == tuple(min(threads, 6 - i) for i in starts)
     assert segments.caps == tuple(max(kept[i:i + threads]) for i in starts)

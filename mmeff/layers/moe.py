@@ -478,7 +478,8 @@ class _Segments(NamedTuple):
         pieces = t.split([n * c for n, c in zip(self.counts, self.caps)])
         return [p.view(n, c, t.shape[-1]) for n, c, p in zip(self.counts, self.caps, pieces)]
 
-    def experts(self, t: Optional[torch.Tensor]) -> List[Optional[torch.Tensor]]:  # [E, ...] -> [count, ...]
+    def experts(self, t: Optional[torch.Tensor]) -> List[Optional[torch.Tensor]]:
+        """``t[E, ...]`` split by segment (None: a None per segment)."""
         return [None] * len(self.counts) if t is None else list(t.split(self.counts))
 
 
@@ -498,7 +499,7 @@ def _padded_segments(kept: List[int], span: int) -> Tuple[_Segments, List[int]]:
         group = kept[start:start + span]
         counts.append(len(group))
         caps.append(max(group))
-        first += range(row, row + len(group) * caps[-1], caps[-1]) if caps[-1] else [row] * len(group)
+        first += [row + i * caps[-1] for i in range(len(group))]
         row += len(group) * caps[-1]
     return _Segments(tuple(counts), tuple(caps)), first
 
