@@ -127,7 +127,7 @@ def test_gather_only_rows_gradcheck():
                                   "capacity_drop"])
 def test_cpu_rows_move_without_scatter_add(name):
     """On CPU the rows [R, D] move by gathers both ways (a threaded scatter-add is slow there);
-    the only scatter-add left is the router's gate gradient on [N, E]."""
+    the only scatter-adds left are the router's gate gradient on [N, E] and the load count."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
     class Record(TorchDispatchMode):
@@ -144,7 +144,9 @@ def test_cpu_rows_move_without_scatter_add(name):
     names = {f for f, _ in calls}
     assert "aten._embedding_bag_forward_only.default" in names    # the combine ran
     assert not {f for f in names if "index_add" in f or "index_put" in f or "index.Tensor" in f}
-    assert {shape for f, shape in calls if "scatter_add" in f} <= {(40, moe.num_experts)}
+    # (and the count of assignments per expert, [E])
+    assert {shape for f, shape in calls if "scatter_add" in f} <= {(40, moe.num_experts),
+                                                                  (moe.num_experts,)}
 
 
 def test_bf16_close_to_fp32_reference():

@@ -298,7 +298,8 @@ class MoE(nn.Module):
         """
         (n, k), num_e, dev = idx.shape, self.num_experts, idx.device
         expert = idx.t().reshape(-1)                             # [k*N] first choices first
-        load = torch.bincount(expert, minlength=num_e)           # [E]
+        # [E] (a scatter-add rather than bincount, which syncs with the host on CUDA)
+        load = expert.new_zeros(num_e).scatter_add_(0, expert, torch.ones_like(expert))
         # index_select / scatter_ rather than tensor[index]: advanced indexing opens a thread
         # pool region even for a few thousand elements, which stalls a loaded multi-core CPU
         sorted_expert, order = torch.sort(expert, stable=True)
@@ -354,7 +355,8 @@ class MoE(nn.Module):
         _announce(x.device, grouped)
         placed = _place(row_of, rows)
         weight = gates.new_zeros(rows + 1).scatter(0, row_of.reshape(-1), gates.reshape(-1))[:rows]
-        gather, dtype = lambda: placed.gather(xf), _compute_dtype(x)  # on demand (see _experts)
+        dtype = _compute_dtype(x)  # rows cast before the gather: k times fewer to convert
+        gather = lambda: placed.gather(xf.to(dtype))  # noqa: E731 (on demand, see _experts)
         if grouped:
             yr = self._experts_grouped(gather, groups, rows, dtype)     # [R, D_out]
         else:
