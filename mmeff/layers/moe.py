@@ -312,8 +312,8 @@ class MoE(nn.Module):
             rows, groups = n * k, kept
             start = kept.cumsum(0) - kept
         else:
-            groups, start = _padded_segments(kept.tolist(), _segment_span(dev, num_e))
-            rows, start = groups.rows, torch.tensor(start, device=dev)
+            groups, first_rows = _padded_segments(kept.tolist(), _segment_span(dev, num_e))
+            rows, start = groups.rows, torch.tensor(first_rows, device=dev)
         row = start.index_select(0, expert) + rank
         if cap is not None:
             row = torch.where(rank < cap, row, rows)            # dropped -> no row
